@@ -1,0 +1,128 @@
+//! Wiring: checks the configuration, connects and migrates the database, checks the node's
+//! network, then runs the chain follower and the HTTP server until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::chain::follower::FollowerConfig;
+use crate::chain::node::Credentials;
+use crate::chain::{Follower, FollowerStatus, Node};
+use crate::config::Config;
+use crate::db;
+use crate::http::{self, AppState};
+use crate::store::notify::LogWatch;
+
+/// A started service; dropping it does not stop it, [`Running::shutdown`] does.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits for Ctrl-C or SIGTERM, then shuts down.
+    pub async fn until_signalled(self) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Starts the service; any error is a one-line reason not to run.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    tracing::info!(config = ?cfg, "starting");
+    let pool = db::connect(&cfg.db).await?;
+    db::migrate(&pool).await?;
+
+    let credentials = match (
+        &cfg.bitcoind_rpc_cookie,
+        &cfg.bitcoind_rpc_user,
+        &cfg.bitcoind_rpc_password,
+    ) {
+        (_, Some(u), Some(p)) => Credentials::UserPass(u.clone(), p.clone()),
+        (Some(cookie), _, _) => Credentials::Cookie(cookie.clone()),
+        _ => unreachable!("validate() requires credentials"),
+    };
+    let node = Node::connect(&cfg.bitcoind_rpc_url, credentials)?;
+    let info = node
+        .chain_info()
+        .await
+        .with_context(|| format!("the node at {} does not answer", cfg.bitcoind_rpc_url))?;
+    if info.chain != cfg.network.node_chain() {
+        anyhow::bail!(
+            "the node is on chain `{}` but NETWORK is {} (expected chain `{}`)",
+            info.chain,
+            cfg.network.as_str(),
+            cfg.network.node_chain()
+        );
+    }
+    tracing::info!(chain = %info.chain, height = info.blocks, best = %info.bestblockhash, "node reached");
+
+    let log = LogWatch::start(pool.clone())
+        .await
+        .context("failed to listen for appended events")?;
+    let status = Arc::new(FollowerStatus::default());
+    let (stop, stopped) = watch::channel(false);
+    let follower = Follower::new(
+        pool.clone(),
+        node.clone(),
+        FollowerConfig {
+            final_confirmations: cfg.final_confirmations,
+            start_height: cfg.start_height,
+            poll_interval: cfg.poll_interval(),
+        },
+        status.clone(),
+    );
+    let follower_task = tokio::spawn(follower.run(stopped.clone()));
+
+    let state = AppState {
+        pool,
+        node,
+        network: cfg.network,
+        api_token: Arc::from(cfg.api_token.clone().unwrap_or_default()),
+        credit_confirmations: cfg.credit_confirmations,
+        final_confirmations: cfg.final_confirmations,
+        log,
+        follower: status,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+        .await
+        .with_context(|| format!("failed to listen on {}", cfg.listen_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    let mut stopped_http = stopped;
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped_http.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(Running {
+        addr,
+        stop,
+        tasks: vec![follower_task, server],
+    })
+}

@@ -1,0 +1,11 @@
+//! Following the node: [`node`] is the RPC client (blocking calls run off the async
+//! runtime), [`follower`] connects blocks and handles reorgs, [`mempool`] watches
+//! 0-confirmation deposits, [`watches`] is the set of scripts they match against.
+
+pub mod follower;
+pub mod mempool;
+pub mod node;
+pub mod watches;
+
+pub use follower::{Follower, FollowerStatus};
+pub use node::Node;

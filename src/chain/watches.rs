@@ -1,0 +1,71 @@
+//! The scripts the follower and the mempool watcher match outputs against, loaded from the
+//! `addresses` projection and refreshed incrementally by position.
+
+use std::collections::HashMap;
+
+use bitcoin::{Script, ScriptBuf, Transaction, Txid};
+use sqlx::PgConnection;
+
+use crate::domain::ledger::{FoundOutput, Watch};
+use crate::domain::Sats;
+
+#[derive(Default)]
+pub struct Watches {
+    scripts: HashMap<ScriptBuf, Watch>,
+    /// Position of the last `address.watched` folded in.
+    position: i64,
+}
+
+impl Watches {
+    /// Loads addresses watched since the last refresh; true if there were any.
+    pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        let rows = sqlx::query!(
+            "SELECT a.address, a.account_id, a.script_pubkey, a.position, acc.credit_confirmations
+             FROM addresses a JOIN accounts acc USING (account_id)
+             WHERE a.position > $1 ORDER BY a.position",
+            self.position
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let changed = !rows.is_empty();
+        for r in rows {
+            self.position = r.position;
+            let watch = Watch {
+                account_id: r.account_id,
+                address: r.address,
+                credit_confirmations: r.credit_confirmations as u32,
+            };
+            self.scripts
+                .insert(ScriptBuf::from_bytes(r.script_pubkey), watch);
+        }
+        Ok(changed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.scripts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
+    }
+
+    pub fn get(&self, script: &Script) -> Option<&Watch> {
+        self.scripts.get(script)
+    }
+
+    /// The outputs of `tx` paying watched scripts. The txid is computed only on a match.
+    pub fn scan(&self, tx: &Transaction, found: &mut Vec<FoundOutput>) {
+        let mut txid: Option<Txid> = None;
+        for (vout, out) in tx.output.iter().enumerate() {
+            if let Some(watch) = self.scripts.get(out.script_pubkey.as_script()) {
+                let txid = *txid.get_or_insert_with(|| tx.compute_txid());
+                found.push(FoundOutput {
+                    txid: txid.to_string(),
+                    vout: vout as u32,
+                    value: Sats::from(out.value),
+                    watch: watch.clone(),
+                });
+            }
+        }
+    }
+}

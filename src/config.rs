@@ -1,0 +1,212 @@
+//! Configuration: one struct, filled from flags and the environment. Secrets are redacted
+//! in `Debug`, so the struct can be logged at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chainledger",
+    version,
+    about = "Bitcoin deposits as a gapless, replayable event log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Follow the node, append events, serve the HTTP API.
+    Serve(Box<Config>),
+    /// Apply the database migrations and create the projection tables, then exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// How many times to try connecting before giving up (one second apart).
+    #[arg(long, env = "DATABASE_CONNECT_RETRIES", default_value_t = 30)]
+    pub database_connect_retries: u32,
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_connect_retries", &self.database_connect_retries)
+            .finish()
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkName {
+    Regtest,
+    Testnet,
+    Signet,
+    Mainnet,
+}
+
+impl NetworkName {
+    pub fn bitcoin(self) -> bitcoin::Network {
+        match self {
+            NetworkName::Regtest => bitcoin::Network::Regtest,
+            NetworkName::Testnet => bitcoin::Network::Testnet,
+            NetworkName::Signet => bitcoin::Network::Signet,
+            NetworkName::Mainnet => bitcoin::Network::Bitcoin,
+        }
+    }
+
+    /// The `chain` field `getblockchaininfo` reports for this network.
+    pub fn node_chain(self) -> &'static str {
+        match self {
+            NetworkName::Regtest => "regtest",
+            NetworkName::Testnet => "test",
+            NetworkName::Signet => "signet",
+            NetworkName::Mainnet => "main",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkName::Regtest => "regtest",
+            NetworkName::Testnet => "testnet",
+            NetworkName::Signet => "signet",
+            NetworkName::Mainnet => "mainnet",
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The node's JSON-RPC URL, e.g. http://127.0.0.1:18443.
+    #[arg(long, env = "BITCOIND_RPC_URL")]
+    pub bitcoind_rpc_url: String,
+    /// RPC user (with --bitcoind-rpc-password); or use --bitcoind-rpc-cookie.
+    #[arg(long, env = "BITCOIND_RPC_USER")]
+    pub bitcoind_rpc_user: Option<String>,
+    #[arg(long, env = "BITCOIND_RPC_PASSWORD", hide_env_values = true)]
+    pub bitcoind_rpc_password: Option<String>,
+    /// Path of the node's .cookie file.
+    #[arg(long, env = "BITCOIND_RPC_COOKIE")]
+    pub bitcoind_rpc_cookie: Option<PathBuf>,
+    /// Must match the node's chain, else the service refuses to start.
+    #[arg(long, env = "NETWORK", value_enum, default_value = "regtest")]
+    pub network: NetworkName,
+    /// Where the HTTP API listens.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Bearer token required on every /v1 route; at least 16 characters.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Confirmations at which a deposit is credited (accounts may override).
+    #[arg(long, env = "CREDIT_CONFIRMATIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub credit_confirmations: u32,
+    /// Confirmations at which a deposit is final and no longer tracked.
+    #[arg(long, env = "FINAL_CONFIRMATIONS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
+    pub final_confirmations: u32,
+    /// How often the node is polled for new blocks and mempool changes.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Height a new database starts following at; default: the node's tip.
+    #[arg(long, env = "START_HEIGHT")]
+    pub start_height: Option<u32>,
+}
+
+impl Config {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// Checks that need no IO; the one-line reason is what the service exits with.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.api_token {
+            None => {
+                return Err(
+                    "API_TOKEN is missing: set a bearer token of at least 16 characters".into(),
+                )
+            }
+            Some(t) if t.chars().count() < 16 => {
+                return Err("API_TOKEN is too short: it needs at least 16 characters".into())
+            }
+            _ => {}
+        }
+        if self.credit_confirmations > self.final_confirmations {
+            return Err(format!(
+                "CREDIT_CONFIRMATIONS ({}) is above FINAL_CONFIRMATIONS ({})",
+                self.credit_confirmations, self.final_confirmations
+            ));
+        }
+        if self.bitcoind_rpc_cookie.is_none()
+            && (self.bitcoind_rpc_user.is_none() || self.bitcoind_rpc_password.is_none())
+        {
+            return Err("node credentials missing: set BITCOIND_RPC_USER and BITCOIND_RPC_PASSWORD, or BITCOIND_RPC_COOKIE".into());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("db", &self.db)
+            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
+            .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
+            .field(
+                "bitcoind_rpc_password",
+                &self.bitcoind_rpc_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("bitcoind_rpc_cookie", &self.bitcoind_rpc_cookie)
+            .field("network", &self.network)
+            .field("listen_addr", &self.listen_addr)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("credit_confirmations", &self.credit_confirmations)
+            .field("final_confirmations", &self.final_confirmations)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("start_height", &self.start_height)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:<redacted>{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5/db"),
+            "postgres://u:<redacted>@h:5/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres:///db"), "postgres:///db");
+    }
+}

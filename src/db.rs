@@ -1,0 +1,53 @@
+//! Database connection (with retries at start-up) and schema set-up: the sqlx migrations of
+//! `migrations/` (durable tables) and the projection tables of `projections/`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::config::{redact_url, DatabaseArgs};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Connects, retrying once a second; the error names the (redacted) URL and the last cause.
+pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let attempts = args.database_connect_retries.max(1);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&args.database_url)
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(e) => {
+                tracing::warn!(attempt, attempts, error = %e, "database not reachable yet");
+                last = Some(e);
+                if attempt < attempts {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "database {} unreachable after {attempts} attempts: {}",
+        redact_url(&args.database_url),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Applies pending migrations and creates missing projection tables.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("failed to apply migrations")?;
+    crate::projections::ensure_tables(pool)
+        .await
+        .context("failed to create projection tables")?;
+    Ok(())
+}

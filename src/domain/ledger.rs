@@ -1,0 +1,564 @@
+//! The ledger's decisions: given the stored state of the deposits an observation touches
+//! and what was observed (blocks disconnected, blocks connected, transactions in the
+//! mempool), which events follow. Pure and synchronous: the follower loads the state,
+//! feeds the observation in, and appends what [`Ledger::into_events`] returns.
+//!
+//! One observation is one database transaction: a connected block, or a whole reorg
+//! (the disconnected blocks and the new branch's first blocks). Confirmations are
+//! settled once, at the end of the observation, against the tip it leaves, so a reorg
+//! onto a longer branch never flaps the confirmations of deposits below the fork.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::amount::Sats;
+use super::events::{self, NewEvent};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepositStatus {
+    Mempool,
+    Confirming,
+    Credited,
+    Final,
+    Reorged,
+    Dropped,
+    Replaced,
+}
+
+impl DepositStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DepositStatus::Mempool => "mempool",
+            DepositStatus::Confirming => "confirming",
+            DepositStatus::Credited => "credited",
+            DepositStatus::Final => "final",
+            DepositStatus::Reorged => "reorged",
+            DepositStatus::Dropped => "dropped",
+            DepositStatus::Replaced => "replaced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    /// Statuses the follower keeps re-evaluating every block.
+    pub const OPEN: [&'static str; 4] = ["mempool", "confirming", "credited", "reorged"];
+}
+
+/// The state every deposit event carries (DESIGN.md: "Every deposit event carries").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deposit {
+    pub account_id: Uuid,
+    pub address: String,
+    pub txid: String,
+    pub vout: u32,
+    pub amount: String,
+    pub amount_sats: u64,
+    pub confirmations: u32,
+    pub block_hash: Option<String>,
+    pub block_height: Option<u32>,
+    pub credited: bool,
+    pub credit_confirmations: u32,
+    pub status: DepositStatus,
+}
+
+/// A deposit as stored, with the last version of its stream (-1: no event yet).
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    pub deposit: Deposit,
+    pub version: i32,
+}
+
+/// Whom a watched script belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub account_id: Uuid,
+    pub address: String,
+    pub credit_confirmations: u32,
+}
+
+/// An output paying a watched script.
+#[derive(Clone, Debug)]
+pub struct FoundOutput {
+    pub txid: String,
+    pub vout: u32,
+    pub value: Sats,
+    pub watch: Watch,
+}
+
+/// A block as the chain stream records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub height: u32,
+    pub hash: String,
+    pub prev_hash: String,
+    pub time: u32,
+}
+
+type Key = (String, u32);
+
+pub struct Ledger {
+    final_confirmations: u32,
+    chain_version: Option<i32>,
+    deposits: BTreeMap<Key, Tracked>,
+    /// Deposits first observed in this observation's blocks: they get `deposit.seen`.
+    fresh: BTreeSet<Key>,
+    metadata: Value,
+    events: Vec<NewEvent>,
+}
+
+impl Ledger {
+    /// `chain_version` is the chain stream's last version; `loaded` every stored deposit the
+    /// observation may touch (the open ones, those in disconnected blocks, those found).
+    pub fn new(
+        final_confirmations: u32,
+        chain_version: Option<i32>,
+        loaded: Vec<Tracked>,
+        metadata: Value,
+    ) -> Self {
+        let deposits = loaded
+            .into_iter()
+            .map(|t| ((t.deposit.txid.clone(), t.deposit.vout), t))
+            .collect();
+        Ledger {
+            final_confirmations,
+            chain_version,
+            deposits,
+            fresh: BTreeSet::new(),
+            metadata,
+            events: Vec::new(),
+        }
+    }
+
+    fn push_chain(&mut self, kind: &'static str, data: Value) {
+        self.events.push(NewEvent {
+            stream: events::CHAIN_STREAM.to_string(),
+            expected_version: self.chain_version,
+            kind,
+            data,
+            metadata: self.metadata.clone(),
+        });
+        self.chain_version = Some(self.chain_version.map_or(0, |v| v + 1));
+    }
+
+    fn emit(&mut self, key: &Key, kind: &'static str, extra: Option<(&str, Value)>) {
+        let t = self
+            .deposits
+            .get_mut(key)
+            .expect("emit for a loaded deposit");
+        let mut data = serde_json::to_value(&t.deposit).expect("deposit serialises");
+        if let (Some((name, value)), Value::Object(map)) = (extra, &mut data) {
+            map.insert(name.to_string(), value);
+        }
+        let expected_version = (t.version >= 0).then_some(t.version);
+        t.version += 1;
+        self.events.push(NewEvent {
+            stream: events::deposit_stream(&t.deposit.txid, t.deposit.vout),
+            expected_version,
+            kind,
+            data,
+            metadata: self.metadata.clone(),
+        });
+    }
+
+    /// A stored block left the active chain: `block.disconnected`, then every deposit it
+    /// confirmed is `deposit.reorged` (and `deposit.credit_reversed` if it was credited).
+    pub fn disconnect_block(&mut self, block: &BlockRef) {
+        self.push_chain(
+            events::BLOCK_DISCONNECTED,
+            json!({"height": block.height, "hash": block.hash}),
+        );
+        let hit: Vec<Key> = self
+            .deposits
+            .iter()
+            .filter(|(_, t)| t.deposit.block_hash.as_deref() == Some(block.hash.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in hit {
+            let t = self.deposits.get_mut(&key).expect("key from the map");
+            let d = &mut t.deposit;
+            let was_credited = d.credited;
+            d.block_hash = None;
+            d.block_height = None;
+            d.confirmations = 0;
+            d.credited = false;
+            d.status = DepositStatus::Reorged;
+            self.emit(
+                &key,
+                events::DEPOSIT_REORGED,
+                Some(("orphaned_block_hash", Value::String(block.hash.clone()))),
+            );
+            if was_credited {
+                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            }
+        }
+    }
+
+    /// A block joined the active chain with these outputs paying watched scripts.
+    /// Confirmation events follow in [`Ledger::settle`].
+    pub fn connect_block(&mut self, block: &BlockRef, found: Vec<FoundOutput>) {
+        self.push_chain(
+            events::BLOCK_CONNECTED,
+            json!({"height": block.height, "hash": block.hash, "prev_hash": block.prev_hash, "time": block.time}),
+        );
+        for out in found {
+            let key = (out.txid.clone(), out.vout);
+            match self.deposits.get_mut(&key) {
+                None => {
+                    let mut deposit = new_deposit(out, DepositStatus::Confirming);
+                    deposit.block_hash = Some(block.hash.clone());
+                    deposit.block_height = Some(block.height);
+                    self.deposits.insert(
+                        key.clone(),
+                        Tracked {
+                            deposit,
+                            version: -1,
+                        },
+                    );
+                    self.fresh.insert(key);
+                }
+                Some(t) if t.deposit.block_hash.is_none() => {
+                    t.deposit.block_hash = Some(block.hash.clone());
+                    t.deposit.block_height = Some(block.height);
+                }
+                // Already confirmed by a block still on the active chain.
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Outputs of a mempool transaction paying watched scripts: `deposit.seen` with 0
+    /// confirmations for each one not yet known.
+    pub fn seen_in_mempool(&mut self, found: Vec<FoundOutput>) {
+        for out in found {
+            let key = (out.txid.clone(), out.vout);
+            if self.deposits.contains_key(&key) {
+                continue;
+            }
+            let deposit = new_deposit(out, DepositStatus::Mempool);
+            self.deposits.insert(
+                key.clone(),
+                Tracked {
+                    deposit,
+                    version: -1,
+                },
+            );
+            self.emit(&key, events::DEPOSIT_SEEN, None);
+        }
+    }
+
+    /// Re-evaluates every tracked deposit in a block against the observation's tip:
+    /// `deposit.seen` for fresh ones, `deposit.confirmed` for each changed count, then
+    /// `deposit.credited` / `deposit.credit_reversed` at the account's threshold and
+    /// `deposit.final` at finality.
+    pub fn settle(&mut self, tip_height: u32) {
+        let keys: Vec<Key> = self.deposits.keys().cloned().collect();
+        for key in keys {
+            let fresh = self.fresh.contains(&key);
+            let t = &self.deposits[&key];
+            let Some(height) = t.deposit.block_height else {
+                continue;
+            };
+            if t.deposit.status == DepositStatus::Final && !fresh {
+                continue;
+            }
+            let confirmations = (tip_height + 1).saturating_sub(height);
+            let changed = confirmations != t.deposit.confirmations;
+            let threshold = t.deposit.credit_confirmations;
+            let d = &mut self
+                .deposits
+                .get_mut(&key)
+                .expect("key from the map")
+                .deposit;
+            d.confirmations = confirmations;
+            if fresh {
+                self.emit(&key, events::DEPOSIT_SEEN, None);
+            }
+            let d = &mut self
+                .deposits
+                .get_mut(&key)
+                .expect("key from the map")
+                .deposit;
+            if fresh || changed {
+                d.status = if d.credited {
+                    DepositStatus::Credited
+                } else {
+                    DepositStatus::Confirming
+                };
+                self.emit(&key, events::DEPOSIT_CONFIRMED, None);
+            }
+            let d = &mut self
+                .deposits
+                .get_mut(&key)
+                .expect("key from the map")
+                .deposit;
+            if confirmations >= threshold && !d.credited {
+                d.credited = true;
+                d.status = DepositStatus::Credited;
+                self.emit(&key, events::DEPOSIT_CREDITED, None);
+            } else if confirmations < threshold && d.credited {
+                d.credited = false;
+                d.status = DepositStatus::Confirming;
+                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            }
+            let d = &mut self
+                .deposits
+                .get_mut(&key)
+                .expect("key from the map")
+                .deposit;
+            if confirmations >= self.final_confirmations {
+                d.status = DepositStatus::Final;
+                self.emit(&key, events::DEPOSIT_FINAL, None);
+            }
+        }
+        self.fresh.clear();
+    }
+
+    pub fn into_events(self) -> Vec<NewEvent> {
+        self.events
+    }
+}
+
+fn new_deposit(out: FoundOutput, status: DepositStatus) -> Deposit {
+    Deposit {
+        account_id: out.watch.account_id,
+        address: out.watch.address,
+        txid: out.txid,
+        vout: out.vout,
+        amount: out.value.to_btc_string(),
+        amount_sats: out.value.0,
+        confirmations: 0,
+        block_hash: None,
+        block_height: None,
+        credited: false,
+        credit_confirmations: out.watch.credit_confirmations,
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> Watch {
+        Watch {
+            account_id: Uuid::nil(),
+            address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
+            credit_confirmations: 3,
+        }
+    }
+
+    fn out(txid: &str) -> FoundOutput {
+        FoundOutput {
+            txid: txid.into(),
+            vout: 0,
+            value: Sats(150_000_000),
+            watch: watch(),
+        }
+    }
+
+    fn block(height: u32, tag: &str) -> BlockRef {
+        BlockRef {
+            height,
+            hash: format!("{tag}{height}"),
+            prev_hash: format!("{tag}{}", height - 1),
+            time: 0,
+        }
+    }
+
+    /// Runs observations one after another, carrying state as the projections would.
+    struct Sim {
+        deposits: Vec<Tracked>,
+        chain: Option<i32>,
+        log: Vec<NewEvent>,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                deposits: vec![],
+                chain: None,
+                log: vec![],
+            }
+        }
+        fn observe(&mut self, f: impl FnOnce(&mut Ledger)) -> Vec<(&'static str, u32, bool)> {
+            let mut ledger = Ledger::new(6, self.chain, self.deposits.clone(), Value::Null);
+            f(&mut ledger);
+            self.chain = ledger.chain_version;
+            self.deposits = ledger.deposits.values().cloned().collect();
+            let new = ledger.into_events();
+            self.log.extend(new.iter().cloned());
+            new.iter()
+                .filter(|e| e.stream.starts_with("deposit-"))
+                .map(|e| {
+                    (
+                        e.kind,
+                        e.data["confirmations"].as_u64().unwrap() as u32,
+                        e.data["credited"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_deposit_life_emits_one_event_per_confirmation_change() {
+        let mut sim = Sim::new();
+        assert_eq!(
+            sim.observe(|l| l.seen_in_mempool(vec![out("aa")])),
+            vec![("deposit.seen", 0, false)]
+        );
+        assert_eq!(
+            sim.observe(|l| {
+                l.connect_block(&block(101, "a"), vec![out("aa")]);
+                l.settle(101)
+            }),
+            vec![("deposit.confirmed", 1, false)]
+        );
+        let step = |sim: &mut Sim, h| {
+            sim.observe(|l| {
+                l.connect_block(&block(h, "a"), vec![]);
+                l.settle(h)
+            })
+        };
+        assert_eq!(step(&mut sim, 102), vec![("deposit.confirmed", 2, false)]);
+        assert_eq!(
+            step(&mut sim, 103),
+            vec![
+                ("deposit.confirmed", 3, false),
+                ("deposit.credited", 3, true)
+            ]
+        );
+        assert_eq!(step(&mut sim, 104), vec![("deposit.confirmed", 4, true)]);
+        assert_eq!(step(&mut sim, 105), vec![("deposit.confirmed", 5, true)]);
+        assert_eq!(
+            step(&mut sim, 106),
+            vec![("deposit.confirmed", 6, true), ("deposit.final", 6, true)]
+        );
+        assert_eq!(step(&mut sim, 107), vec![]);
+        let versions: Vec<i32> = sim
+            .log
+            .iter()
+            .filter(|e| e.stream != "chain")
+            .map(|e| e.stream_version())
+            .collect();
+        assert_eq!(versions, (0..9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_deposit_first_seen_in_a_block_gets_seen_then_confirmed() {
+        let mut sim = Sim::new();
+        let ev = sim.observe(|l| {
+            l.connect_block(&block(5, "a"), vec![out("bb")]);
+            l.settle(5)
+        });
+        assert_eq!(
+            ev,
+            vec![("deposit.seen", 1, false), ("deposit.confirmed", 1, false)]
+        );
+    }
+
+    #[test]
+    fn a_reorg_of_a_credited_deposit_is_compensated_and_it_reconfirms() {
+        let mut sim = Sim::new();
+        sim.observe(|l| {
+            l.connect_block(&block(10, "a"), vec![out("cc")]);
+            l.settle(10)
+        });
+        for h in 11..=12 {
+            sim.observe(|l| {
+                l.connect_block(&block(h, "a"), vec![]);
+                l.settle(h)
+            });
+        }
+        // invalidateblock at depth 3: the node's tip goes back to 9.
+        let ev = sim.observe(|l| {
+            for h in (10..=12).rev() {
+                l.disconnect_block(&block(h, "a"));
+            }
+            l.settle(9)
+        });
+        assert_eq!(
+            ev,
+            vec![
+                ("deposit.reorged", 0, false),
+                ("deposit.credit_reversed", 0, false)
+            ]
+        );
+        // A new branch includes the transaction again.
+        let ev = sim.observe(|l| {
+            l.connect_block(&block(10, "b"), vec![out("cc")]);
+            l.settle(10)
+        });
+        assert_eq!(ev, vec![("deposit.confirmed", 1, false)]);
+        let chain: Vec<&str> = sim
+            .log
+            .iter()
+            .filter(|e| e.stream == "chain")
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            chain,
+            ["block.connected"; 3]
+                .iter()
+                .chain(["block.disconnected"; 3].iter())
+                .chain(["block.connected"].iter())
+                .copied()
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_reorg_onto_a_longer_branch_does_not_flap_deposits_below_the_fork() {
+        let mut sim = Sim::new();
+        sim.observe(|l| {
+            l.connect_block(&block(10, "a"), vec![out("dd")]);
+            l.settle(10)
+        });
+        for h in 11..=12 {
+            sim.observe(|l| {
+                l.connect_block(&block(h, "a"), vec![]);
+                l.settle(h)
+            });
+        }
+        // Tip 12 replaced by 12', 13': one observation.
+        let ev = sim.observe(|l| {
+            l.disconnect_block(&block(12, "a"));
+            l.connect_block(&block(12, "b"), vec![]);
+            l.connect_block(&block(13, "b"), vec![]);
+            l.settle(13)
+        });
+        assert_eq!(ev, vec![("deposit.confirmed", 4, true)]);
+    }
+
+    #[test]
+    fn a_shorter_chain_lowers_confirmations_and_reverses_credit() {
+        let mut sim = Sim::new();
+        sim.observe(|l| {
+            l.connect_block(&block(10, "a"), vec![out("ee")]);
+            l.settle(10)
+        });
+        for h in 11..=12 {
+            sim.observe(|l| {
+                l.connect_block(&block(h, "a"), vec![]);
+                l.settle(h)
+            });
+        }
+        let ev = sim.observe(|l| {
+            l.disconnect_block(&block(12, "a"));
+            l.settle(11)
+        });
+        assert_eq!(
+            ev,
+            vec![
+                ("deposit.confirmed", 2, true),
+                ("deposit.credit_reversed", 2, false)
+            ]
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! Accounts and their watched addresses: the commands that append `account.created` and
+//! `address.watched`, and the balance queries.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Json, Path};
+use super::AppState;
+use crate::domain::events::{self, NewEvent};
+use crate::domain::{AddressError, Sats, WatchedAddress};
+use crate::{projections, store};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    label: String,
+    /// Defaults to CREDIT_CONFIRMATIONS; at most FINAL_CONFIRMATIONS.
+    credit_confirmations: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Account {
+    id: Uuid,
+    label: String,
+    credit_confirmations: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccountWithAddresses {
+    id: Uuid,
+    label: String,
+    credit_confirmations: u32,
+    addresses: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount,
+    responses((status = 201, body = Account), (status = 422, description = "invalid field")),
+    security(("bearer" = [])))]
+pub async fn create_account(
+    State(s): State<AppState>,
+    Json(body): Json<NewAccount>,
+) -> Result<(StatusCode, axum::Json<Account>), ApiError> {
+    let label = body.label.trim().to_string();
+    if label.is_empty() || label.chars().count() > 200 {
+        return Err(ApiError::invalid_field(
+            "label",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let credit_confirmations = body.credit_confirmations.unwrap_or(s.credit_confirmations);
+    if credit_confirmations == 0 || credit_confirmations > s.final_confirmations {
+        return Err(ApiError::invalid_field(
+            "credit_confirmations",
+            format!(
+                "must be between 1 and FINAL_CONFIRMATIONS ({})",
+                s.final_confirmations
+            ),
+        ));
+    }
+    let id = Uuid::new_v4();
+    let event = NewEvent {
+        stream: events::account_stream(id),
+        expected_version: None,
+        kind: events::ACCOUNT_CREATED,
+        data: json!({"account_id": id, "label": label, "credit_confirmations": credit_confirmations}),
+        metadata: json!({"source": "api"}),
+    };
+    let mut tx = s.pool.begin().await?;
+    let stored = store::append(&mut tx, &[event]).await?;
+    projections::apply(&mut tx, &stored).await?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, "account created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Account {
+            id,
+            label,
+            credit_confirmations,
+        }),
+    ))
+}
+
+struct AccountRow {
+    label: String,
+    credit_confirmations: i32,
+    stream_version: i32,
+}
+
+async fn find_account(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> Result<AccountRow, ApiError> {
+    let row = if lock {
+        sqlx::query_as!(
+            AccountRow,
+            "SELECT label, credit_confirmations, stream_version FROM accounts WHERE account_id = $1 FOR UPDATE",
+            id
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+    } else {
+        sqlx::query_as!(AccountRow, "SELECT label, credit_confirmations, stream_version FROM accounts WHERE account_id = $1", id)
+            .fetch_optional(&mut *conn)
+            .await?
+    };
+    row.ok_or_else(|| ApiError::not_found("account_not_found", format!("no account {id}")))
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AccountWithAddresses), (status = 404)), security(("bearer" = [])))]
+pub async fn get_account(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<AccountWithAddresses>, ApiError> {
+    let mut conn = s.pool.acquire().await?;
+    let a = find_account(&mut conn, id, false).await?;
+    let addresses = sqlx::query_scalar!(
+        "SELECT address FROM addresses WHERE account_id = $1 ORDER BY position",
+        id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(axum::Json(AccountWithAddresses {
+        id,
+        label: a.label,
+        credit_confirmations: a.credit_confirmations as u32,
+        addresses,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Balance {
+    account_id: Uuid,
+    credited: String,
+    pending: String,
+    unconfirmed: String,
+    credited_sats: u64,
+    pending_sats: u64,
+    unconfirmed_sats: u64,
+    /// The log position the balance reflects.
+    as_of_position: i64,
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Balance), (status = 404)), security(("bearer" = [])))]
+pub async fn balance(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Balance>, ApiError> {
+    let mut tx = s.pool.begin().await?;
+    find_account(&mut tx, id, false).await?;
+    let row = sqlx::query!(
+        "SELECT credited_sats, pending_sats, unconfirmed_sats FROM balances WHERE account_id = $1",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let as_of_position = sqlx::query_scalar!(
+        "SELECT coalesce(min(position), 0) AS \"p!\" FROM projection_checkpoints"
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let (c, p, u) = row.map_or((0, 0, 0), |r| {
+        (
+            r.credited_sats as u64,
+            r.pending_sats as u64,
+            r.unconfirmed_sats as u64,
+        )
+    });
+    Ok(axum::Json(Balance {
+        account_id: id,
+        credited: Sats(c).to_btc_string(),
+        pending: Sats(p).to_btc_string(),
+        unconfirmed: Sats(u).to_btc_string(),
+        credited_sats: c,
+        pending_sats: p,
+        unconfirmed_sats: u,
+        as_of_position,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAddress {
+    address: String,
+    /// Scan blocks from this height for past deposits (not supported yet: 422).
+    rescan_from_height: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WatchedAddressOut {
+    address: String,
+    account_id: Uuid,
+    script_pubkey: String,
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/addresses", tag = "accounts", params(("id" = Uuid, Path)),
+    request_body = NewAddress,
+    responses((status = 201, body = WatchedAddressOut), (status = 400, description = "invalid_address"),
+              (status = 404, description = "account_not_found"), (status = 409, description = "address_taken")),
+    security(("bearer" = [])))]
+pub async fn add_address(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<NewAddress>,
+) -> Result<(StatusCode, axum::Json<WatchedAddressOut>), ApiError> {
+    if body.rescan_from_height.is_some() {
+        return Err(ApiError::invalid_field(
+            "rescan_from_height",
+            "rescans are not supported yet",
+        ));
+    }
+    let parsed = parse_address(&s, &body.address)?;
+    let address = parsed.as_string();
+    let script = parsed.script_pubkey();
+    let mut tx = s.pool.begin().await?;
+    // Serialises commands on this account, so the expected version below holds.
+    let account = find_account(&mut tx, id, true).await?;
+    let taken = sqlx::query_scalar!(
+        "SELECT address FROM addresses WHERE address = $1 OR script_pubkey = $2",
+        address,
+        script.as_bytes()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if taken.is_some() {
+        return Err(ApiError::conflict(
+            "address_taken",
+            format!("{address} is already watched"),
+        ));
+    }
+    let script_hex = hex::encode(script.as_bytes());
+    let event = NewEvent {
+        stream: events::account_stream(id),
+        expected_version: Some(account.stream_version),
+        kind: events::ADDRESS_WATCHED,
+        data: json!({"account_id": id, "address": address, "script_pubkey": script_hex}),
+        metadata: json!({"source": "api"}),
+    };
+    let stored = store::append(&mut tx, &[event]).await?;
+    projections::apply(&mut tx, &stored).await.map_err(|e| {
+        match e.as_database_error().and_then(|d| d.constraint()) {
+            Some("addresses_pkey") | Some("addresses_script_pubkey_key") => {
+                ApiError::conflict("address_taken", format!("{address} is already watched"))
+            }
+            _ => e.into(),
+        }
+    })?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, %address, "address watched");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(WatchedAddressOut {
+            address,
+            account_id: id,
+            script_pubkey: script_hex,
+        }),
+    ))
+}
+
+fn parse_address(s: &AppState, address: &str) -> Result<WatchedAddress, ApiError> {
+    WatchedAddress::parse(address, s.network.bitcoin()).map_err(|e| {
+        let message = match &e {
+            AddressError::WrongNetwork { .. } => {
+                format!("{e} (this service runs on {})", s.network.as_str())
+            }
+            AddressError::Invalid(_) => e.to_string(),
+        };
+        ApiError::bad_request("invalid_address", message)
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AddressTotals {
+    address: String,
+    account_id: Uuid,
+    /// Deposits with at least one confirmation.
+    confirmed: String,
+    /// Deposits in the mempool (or returned to it by a reorg).
+    unconfirmed: String,
+    credited: String,
+    confirmed_sats: u64,
+    unconfirmed_sats: u64,
+    credited_sats: u64,
+}
+
+#[utoipa::path(get, path = "/v1/addresses/{address}", tag = "accounts", params(("address" = String, Path)),
+    responses((status = 200, body = AddressTotals), (status = 400), (status = 404)), security(("bearer" = [])))]
+pub async fn address_totals(
+    State(s): State<AppState>,
+    Path(address): Path<String>,
+) -> Result<axum::Json<AddressTotals>, ApiError> {
+    let address = parse_address(&s, &address)?.as_string();
+    let row = sqlx::query!(
+        r#"SELECT a.account_id,
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations >= 1), 0)::bigint AS "confirmed!",
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations = 0 AND d.status IN ('mempool', 'reorged')), 0)::bigint AS "unconfirmed!",
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.credited), 0)::bigint AS "credited!"
+           FROM addresses a LEFT JOIN deposits d ON d.address = a.address
+           WHERE a.address = $1
+           GROUP BY a.account_id"#,
+        address
+    )
+    .fetch_optional(&s.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("address_not_found", format!("{address} is not watched")))?;
+    let (c, u, k) = (
+        row.confirmed as u64,
+        row.unconfirmed as u64,
+        row.credited as u64,
+    );
+    Ok(axum::Json(AddressTotals {
+        address,
+        account_id: row.account_id,
+        confirmed: Sats(c).to_btc_string(),
+        unconfirmed: Sats(u).to_btc_string(),
+        credited: Sats(k).to_btc_string(),
+        confirmed_sats: c,
+        unconfirmed_sats: u,
+        credited_sats: k,
+    }))
+}

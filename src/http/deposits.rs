@@ -1,0 +1,100 @@
+//! Deposit queries over the deposit projection.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Path, Query};
+use super::AppState;
+use crate::domain::ledger::Deposit;
+use crate::projections::read;
+
+#[derive(Serialize, ToSchema)]
+pub struct DepositOut {
+    txid: String,
+    vout: u32,
+    address: String,
+    account_id: Uuid,
+    amount: String,
+    amount_sats: u64,
+    confirmations: u32,
+    block_hash: Option<String>,
+    block_height: Option<u32>,
+    credited: bool,
+    /// mempool, confirming, credited, final, reorged, dropped or replaced
+    status: String,
+}
+
+impl From<Deposit> for DepositOut {
+    fn from(d: Deposit) -> Self {
+        DepositOut {
+            txid: d.txid,
+            vout: d.vout,
+            address: d.address,
+            account_id: d.account_id,
+            amount: d.amount,
+            amount_sats: d.amount_sats,
+            confirmations: d.confirmations,
+            block_hash: d.block_hash,
+            block_height: d.block_height,
+            credited: d.credited,
+            status: d.status.as_str().to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    account_id: Option<Uuid>,
+    address: Option<String>,
+    /// At most 1000; default 100. Newest first.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/deposits", tag = "deposits", params(ListQuery),
+    responses((status = 200, body = [DepositOut])), security(("bearer" = [])))]
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Vec<DepositOut>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit: must be between 1 and 1000",
+        ));
+    }
+    let mut conn = s.pool.acquire().await?;
+    let deposits = read::deposits(&mut conn, q.account_id, q.address.as_deref(), limit).await?;
+    Ok(axum::Json(
+        deposits.into_iter().map(DepositOut::from).collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/deposits/{txid}/{vout}", tag = "deposits",
+    params(("txid" = String, Path), ("vout" = u32, Path)),
+    responses((status = 200, body = DepositOut), (status = 400), (status = 404)), security(("bearer" = [])))]
+pub async fn get_one(
+    State(s): State<AppState>,
+    Path((txid, vout)): Path<(String, u32)>,
+) -> Result<axum::Json<DepositOut>, ApiError> {
+    let txid = txid.to_ascii_lowercase();
+    if txid.len() != 64 || !txid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "invalid_txid",
+            "txid: must be 64 hexadecimal characters",
+        ));
+    }
+    let vout = i32::try_from(vout)
+        .map_err(|_| ApiError::bad_request("invalid_vout", "vout: out of range"))?;
+    let mut conn = s.pool.acquire().await?;
+    let deposit = read::deposit(&mut conn, &txid, vout)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("deposit_not_found", format!("no deposit {txid}:{vout}"))
+        })?;
+    Ok(axum::Json(deposit.into()))
+}

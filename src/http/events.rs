@@ -1,0 +1,91 @@
+//! The long-poll tail: `GET /v1/events?after=&limit=&wait=&types=`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use super::extract::Query;
+use super::AppState;
+use crate::domain::events::TypeFilter;
+use crate::store::{self, StoredEvent};
+
+pub const MAX_LIMIT: i64 = 1000;
+pub const MAX_WAIT_SECS: u64 = 30;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TailQuery {
+    /// Return events with a position greater than this (default 0: from the first event).
+    after: Option<i64>,
+    /// At most 1000; default 100.
+    limit: Option<i64>,
+    /// Seconds to wait for a first event when there is none yet (at most 30; default 0).
+    wait: Option<u64>,
+    /// Comma list of types; `deposit.*` style wildcards.
+    types: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Page {
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<StoredEvent>,
+    /// Pass as `after` to continue; past the last event, or past the log's head when a
+    /// type filter matched nothing more.
+    next_after: i64,
+    has_more: bool,
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(TailQuery),
+    responses((status = 200, body = Page), (status = 400)), security(("bearer" = [])))]
+pub async fn tail(
+    State(s): State<AppState>,
+    Query(q): Query<TailQuery>,
+) -> Result<axum::Json<Page>, ApiError> {
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            "after: must be 0 or a position",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit: must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait: at most {MAX_WAIT_SECS} seconds"),
+        ));
+    }
+    let filter = TypeFilter::parse(q.types.as_deref())
+        .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?;
+    let types = filter.map(|f| f.expand());
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let mut cursor = after;
+    loop {
+        // Every event at or below this head is visible to the read that follows.
+        let head = store::head(&s.pool).await?;
+        let events = store::read_after(&s.pool, cursor, limit, types.as_deref()).await?;
+        let has_more = events.len() as i64 == limit;
+        let last = events.last().map_or(cursor, |e| e.position);
+        let next_after = if has_more { last } else { last.max(head) };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !events.is_empty() || remaining.is_zero() {
+            return Ok(axum::Json(Page {
+                events,
+                next_after,
+                has_more,
+            }));
+        }
+        cursor = next_after;
+        s.log.wait_past(cursor, remaining).await;
+    }
+}

@@ -1,0 +1,97 @@
+//! The HTTP API (DESIGN.md "HTTP API"): `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
+//! without auth; every `/v1` route behind the bearer token. Commands append events and
+//! fold them into the projections in one transaction; queries read the projections.
+
+mod accounts;
+mod deposits;
+pub mod error;
+mod events;
+mod extract;
+mod openapi;
+mod status;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+
+use crate::chain::{FollowerStatus, Node};
+use crate::config::NetworkName;
+use crate::store::notify::LogWatch;
+use error::ApiError;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub node: Node,
+    pub network: NetworkName,
+    pub api_token: Arc<str>,
+    pub credit_confirmations: u32,
+    pub final_confirmations: u32,
+    pub log: LogWatch,
+    pub follower: Arc<FollowerStatus>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/status", get(status::status))
+        .route("/accounts", post(accounts::create_account))
+        .route("/accounts/{id}", get(accounts::get_account))
+        .route("/accounts/{id}/balance", get(accounts::balance))
+        .route("/accounts/{id}/addresses", post(accounts::add_address))
+        .route("/addresses/{address}", get(accounts::address_totals))
+        .route("/deposits", get(deposits::list))
+        .route("/deposits/{txid}/{vout}", get(deposits::get_one))
+        .route("/events", get(events::tail))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .route("/openapi.json", get(openapi::spec))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `Authorization: Bearer <API_TOKEN>`, compared in constant time.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.api_token.as_bytes()) => {
+            next.run(req).await
+        }
+        other => {
+            let message = if other.is_some() {
+                "the bearer token is wrong"
+            } else {
+                "missing `Authorization: Bearer <token>`"
+            };
+            let mut resp =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            resp
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,41 @@
+//! `/openapi.json`, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{accounts, deposits, events, status};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chainledger", description = "Bitcoin deposits as a gapless, replayable event log"),
+    paths(
+        status::status,
+        accounts::create_account,
+        accounts::get_account,
+        accounts::balance,
+        accounts::add_address,
+        accounts::address_totals,
+        deposits::list,
+        deposits::get_one,
+        events::tail,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,74 @@
+//! Liveness, readiness, status and metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::{metrics, store};
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 when both the database and the node answer within two seconds, else 503 naming which.
+pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let timeout = Duration::from_secs(2);
+    let db = matches!(
+        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&s.pool)).await,
+        Ok(Ok(_))
+    );
+    let node = matches!(
+        tokio::time::timeout(timeout, s.node.block_count()).await,
+        Ok(Ok(_))
+    );
+    let status = if db && node {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"database": db, "node": node})))
+}
+
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(),
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    network: &'static str,
+    /// The node's best height, as last polled.
+    node_tip: Option<i64>,
+    /// The last height the follower stored.
+    synced_tip: Option<i64>,
+    last_position: i64,
+    /// Whether this instance holds the chain leader lock.
+    leader: bool,
+    last_error: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = Status)), security(("bearer" = [])))]
+pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
+    let known = |v: i64| (v >= 0).then_some(v);
+    Ok(Json(Status {
+        network: s.network.as_str(),
+        node_tip: known(s.follower.node_tip.load(Ordering::Relaxed)),
+        synced_tip: crate::chain::follower::load_tip(&s.pool)
+            .await?
+            .map(|b| i64::from(b.height)),
+        last_position: store::head(&s.pool).await?,
+        leader: s.follower.leader.load(Ordering::Relaxed),
+        last_error: s.follower.last_error.lock().expect("not poisoned").clone(),
+    }))
+}

@@ -1,0 +1,27 @@
+//! chainledger: follows a Bitcoin node and turns every observed change of a watched deposit
+//! into an immutable event in a gapless PostgreSQL log; read models and notifications are
+//! derived from that log.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one configuration struct (flags and environment) and the CLI.
+//! - [`domain`]: pure types and decisions, no IO: amounts, addresses, the event catalogue,
+//!   and [`domain::ledger`], which says which events an observed block or mempool yields.
+//! - [`store`]: the event log: batch appends with expected versions, the hash chain, reads.
+//! - [`projections`]: folds events into the read models (`projections/*.sql`) inside the
+//!   appending transaction.
+//! - [`chain`]: the node client, the chain follower (blocks, reorgs) and the mempool watcher.
+//!   A block is processed in [`chain::follower`].
+//! - [`http`]: the axum API: commands, queries, the long-poll tail, metrics, OpenAPI.
+//! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
+//! - [`metrics`]: Prometheus counters and gauges.
+
+pub mod app;
+pub mod chain;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod projections;
+pub mod store;

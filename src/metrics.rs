@@ -1,0 +1,97 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+struct Metrics {
+    registry: Registry,
+    node_tip_height: IntGauge,
+    synced_tip_height: IntGauge,
+    last_position: IntGauge,
+    blocks_processed: IntCounter,
+    events_appended: IntCounter,
+    append_seconds: Histogram,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    };
+    let counter = |name: &str, help: &str| {
+        let c = IntCounter::new(name, help).expect("valid metric");
+        registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+        c
+    };
+    let node_tip_height = gauge(
+        "chainledger_node_tip_height",
+        "Height of the node's best block",
+    );
+    let synced_tip_height = gauge(
+        "chainledger_synced_tip_height",
+        "Height of the last block the follower processed",
+    );
+    let last_position = gauge(
+        "chainledger_last_position",
+        "Position of the last event this process appended",
+    );
+    let blocks_processed = counter(
+        "chainledger_blocks_processed_total",
+        "Blocks connected by the follower",
+    );
+    let events_appended = counter(
+        "chainledger_events_appended_total",
+        "Events appended by this process",
+    );
+    let append_seconds = Histogram::with_opts(
+        HistogramOpts::new("chainledger_append_seconds", "Latency of one batch append").buckets(
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        ),
+    )
+    .expect("valid histogram");
+    registry
+        .register(Box::new(append_seconds.clone()))
+        .expect("unique metric");
+    Metrics {
+        registry,
+        node_tip_height,
+        synced_tip_height,
+        last_position,
+        blocks_processed,
+        events_appended,
+        append_seconds,
+    }
+});
+
+pub fn record_append(events: usize, last_position: i64, took: Duration) {
+    METRICS.events_appended.inc_by(events as u64);
+    METRICS.last_position.set(last_position);
+    METRICS.append_seconds.observe(took.as_secs_f64());
+}
+
+pub fn record_blocks(connected: usize, synced_tip: u32) {
+    METRICS.blocks_processed.inc_by(connected as u64);
+    METRICS.synced_tip_height.set(i64::from(synced_tip));
+}
+
+pub fn record_node_tip(height: u64) {
+    METRICS.node_tip_height.set(height as i64);
+}
+
+pub fn render() -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut out)
+        .expect("text encoding cannot fail");
+    String::from_utf8(out).expect("prometheus text is utf-8")
+}

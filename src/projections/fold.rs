@@ -1,0 +1,287 @@
+//! Events → row changes (pure), and the set-based statements that write them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::events as ev;
+use crate::domain::ledger::Deposit;
+use crate::store::StoredEvent;
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub accounts: Vec<AccountRow>,
+    pub account_versions: BTreeMap<Uuid, i32>,
+    pub addresses: Vec<AddressRow>,
+    /// Height → the block now there, or `None` when it was disconnected.
+    pub blocks: BTreeMap<i32, Option<BlockRow>>,
+    /// (first connected height in this batch, last chain stream version)
+    pub chain: Option<(i32, i32)>,
+    pub deposits: BTreeMap<(String, i32), DepositRow>,
+    pub touched_accounts: BTreeSet<Uuid>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct AccountRow {
+    pub account_id: Uuid,
+    pub label: String,
+    pub credit_confirmations: i32,
+    pub position: i64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct AddressRow {
+    pub address: String,
+    pub account_id: Uuid,
+    pub script_pubkey: Vec<u8>,
+    pub position: i64,
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+pub struct BlockRow {
+    pub height: i32,
+    pub hash: String,
+    pub prev_hash: String,
+    pub time: i64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct DepositRow {
+    pub deposit: Deposit,
+    pub stream_version: i32,
+    pub position: i64,
+}
+
+#[derive(Deserialize)]
+struct AccountCreated {
+    account_id: Uuid,
+    label: String,
+    credit_confirmations: i32,
+}
+
+#[derive(Deserialize)]
+struct AddressWatched {
+    account_id: Uuid,
+    address: String,
+    script_pubkey: String,
+}
+
+#[derive(Deserialize)]
+struct BlockDisconnected {
+    height: i32,
+}
+
+/// What a batch of events changes; later events of a stream override earlier ones.
+pub fn fold(events: &[StoredEvent]) -> Result<Changes, String> {
+    let mut c = Changes::default();
+    for e in events {
+        let fail = |err: serde_json::Error| format!("position {} ({}): {err}", e.position, e.kind);
+        match e.kind.as_str() {
+            ev::ACCOUNT_CREATED => {
+                let a: AccountCreated = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                c.touched_accounts.insert(a.account_id);
+                c.account_versions.insert(a.account_id, e.stream_version);
+                c.accounts.push(AccountRow {
+                    account_id: a.account_id,
+                    label: a.label,
+                    credit_confirmations: a.credit_confirmations,
+                    position: e.position,
+                });
+            }
+            ev::ADDRESS_WATCHED => {
+                let a: AddressWatched = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                c.account_versions.insert(a.account_id, e.stream_version);
+                c.addresses.push(AddressRow {
+                    address: a.address,
+                    account_id: a.account_id,
+                    script_pubkey: hex::decode(&a.script_pubkey)
+                        .map_err(|x| format!("position {}: {x}", e.position))?,
+                    position: e.position,
+                });
+            }
+            ev::BLOCK_CONNECTED => {
+                let b: BlockRow = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                let start = c.chain.map_or(b.height, |(s, _)| s.min(b.height));
+                c.chain = Some((start, e.stream_version));
+                c.blocks.insert(b.height, Some(b));
+            }
+            ev::BLOCK_DISCONNECTED => {
+                let b: BlockDisconnected = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                let start = c.chain.map_or(b.height, |(s, _)| s);
+                c.chain = Some((start, e.stream_version));
+                c.blocks.insert(b.height, None);
+            }
+            kind if kind.starts_with("deposit.") => {
+                let d: Deposit = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                c.touched_accounts.insert(d.account_id);
+                let key = (d.txid.clone(), d.vout as i32);
+                c.deposits.insert(
+                    key,
+                    DepositRow {
+                        deposit: d,
+                        stream_version: e.stream_version,
+                        position: e.position,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+pub async fn write(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    write_accounts(conn, c).await?;
+    write_chain(conn, c).await?;
+    write_deposits(conn, c).await?;
+    write_balances(conn, c).await
+}
+
+async fn write_accounts(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    if !c.accounts.is_empty() {
+        sqlx::query!(
+            "INSERT INTO accounts (account_id, label, credit_confirmations, stream_version, created_position)
+             SELECT id, label, cc, 0, pos FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[]) AS t(id, label, cc, pos)",
+            &c.accounts.iter().map(|a| a.account_id).collect::<Vec<_>>(),
+            &c.accounts.iter().map(|a| a.label.clone()).collect::<Vec<_>>(),
+            &c.accounts.iter().map(|a| a.credit_confirmations).collect::<Vec<_>>(),
+            &c.accounts.iter().map(|a| a.position).collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.addresses.is_empty() {
+        sqlx::query!(
+            "INSERT INTO addresses (address, account_id, script_pubkey, position)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bytea[], $4::bigint[])",
+            &c.addresses
+                .iter()
+                .map(|a| a.address.clone())
+                .collect::<Vec<_>>(),
+            &c.addresses.iter().map(|a| a.account_id).collect::<Vec<_>>(),
+            &c.addresses
+                .iter()
+                .map(|a| a.script_pubkey.clone())
+                .collect::<Vec<_>>(),
+            &c.addresses.iter().map(|a| a.position).collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.account_versions.is_empty() {
+        sqlx::query!(
+            "UPDATE accounts SET stream_version = t.v FROM UNNEST($1::uuid[], $2::int[]) AS t(id, v)
+             WHERE accounts.account_id = t.id",
+            &c.account_versions.keys().copied().collect::<Vec<_>>(),
+            &c.account_versions.values().copied().collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_chain(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    let Some((start, version)) = c.chain else {
+        return Ok(());
+    };
+    let gone: Vec<i32> = c
+        .blocks
+        .iter()
+        .filter(|(_, b)| b.is_none())
+        .map(|(h, _)| *h)
+        .collect();
+    let now: Vec<&BlockRow> = c.blocks.values().flatten().collect();
+    sqlx::query!("DELETE FROM chain_blocks WHERE height = ANY($1)", &gone)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!(
+        "INSERT INTO chain_blocks (height, hash, prev_hash, time)
+         SELECT * FROM UNNEST($1::int[], $2::text[], $3::text[], $4::bigint[])
+         ON CONFLICT (height) DO UPDATE SET hash = EXCLUDED.hash, prev_hash = EXCLUDED.prev_hash, time = EXCLUDED.time",
+        &now.iter().map(|b| b.height).collect::<Vec<_>>(),
+        &now.iter().map(|b| b.hash.clone()).collect::<Vec<_>>(),
+        &now.iter().map(|b| b.prev_hash.clone()).collect::<Vec<_>>(),
+        &now.iter().map(|b| b.time).collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    // The start height is where the first block ever connected; later batches keep it.
+    sqlx::query!(
+        "INSERT INTO chain_state (start_height, stream_version) VALUES ($1, $2)
+         ON CONFLICT (singleton) DO UPDATE SET stream_version = EXCLUDED.stream_version",
+        start,
+        version
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    if c.deposits.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&DepositRow> = c.deposits.values().collect();
+    sqlx::query!(
+        r#"INSERT INTO deposits (txid, vout, account_id, address, amount_sats, confirmations, block_hash,
+                                 block_height, credited, credit_confirmations, status, stream_version,
+                                 first_position, last_position)
+           SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
+                  credited, credit_confirmations, status, stream_version, position, position
+           FROM UNNEST($1::text[], $2::int[], $3::uuid[], $4::text[], $5::bigint[], $6::int[], $7::text[],
+                       $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[], $13::bigint[])
+                AS t(txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
+                     credited, credit_confirmations, status, stream_version, position)
+           ON CONFLICT (txid, vout) DO UPDATE SET
+               confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
+               block_height = EXCLUDED.block_height, credited = EXCLUDED.credited,
+               status = EXCLUDED.status, stream_version = EXCLUDED.stream_version,
+               last_position = EXCLUDED.last_position"#,
+        &col(&rows, |d| d.txid.clone()),
+        &col(&rows, |d| d.vout as i32),
+        &col(&rows, |d| d.account_id),
+        &col(&rows, |d| d.address.clone()),
+        &col(&rows, |d| d.amount_sats as i64),
+        &col(&rows, |d| d.confirmations as i32),
+        &col(&rows, |d| d.block_hash.clone()) as &[Option<String>],
+        &col(&rows, |d| d.block_height.map(|h| h as i32)) as &[Option<i32>],
+        &col(&rows, |d| d.credited),
+        &col(&rows, |d| d.credit_confirmations as i32),
+        &col(&rows, |d| d.status.as_str().to_string()),
+        &rows.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.position).collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn col<T>(rows: &[&DepositRow], f: impl Fn(&Deposit) -> T) -> Vec<T> {
+    rows.iter().map(|r| f(&r.deposit)).collect()
+}
+
+/// Balances are a pure aggregate of `deposits`, recomputed for the accounts a batch touched.
+async fn write_balances(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    if c.touched_accounts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"INSERT INTO balances (account_id, credited_sats, pending_sats, unconfirmed_sats)
+           SELECT a.id,
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.credited), 0)::bigint,
+                  coalesce(sum(d.amount_sats) FILTER (WHERE NOT d.credited AND d.confirmations >= 1), 0)::bigint,
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations = 0 AND d.status IN ('mempool', 'reorged')), 0)::bigint
+           FROM UNNEST($1::uuid[]) AS a(id)
+           LEFT JOIN deposits d ON d.account_id = a.id
+           GROUP BY a.id
+           ON CONFLICT (account_id) DO UPDATE SET credited_sats = EXCLUDED.credited_sats,
+               pending_sats = EXCLUDED.pending_sats, unconfirmed_sats = EXCLUDED.unconfirmed_sats"#,
+        &c.touched_accounts.iter().copied().collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The event log. [`append`] is the only way events enter it: a batch (all events of one
+//! observation) in three statements, whatever its size. Positions come from `log_head`,
+//! whose row lock the appending transaction holds until it commits, so positions are
+//! gapless and in commit order and a reader of `position > cursor` never skips one.
+
+pub mod hash;
+pub mod notify;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::events::{self, NewEvent};
+
+/// An event as the log holds it. Serialises as the public envelope.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub stream: String,
+    pub stream_version: i32,
+    pub recorded_at: DateTime<Utc>,
+    pub data: Value,
+    #[serde(skip)]
+    pub schema_version: i16,
+    #[serde(skip)]
+    pub metadata: Value,
+    #[serde(skip)]
+    pub prev_hash: Vec<u8>,
+    #[serde(skip)]
+    pub hash: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to one of the streams first (or this batch was already
+    /// appended): the caller's view is stale.
+    #[error("append conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The notification channel every committed append signals (payload: last position).
+pub const CHANNEL: &str = "chainledger_events";
+
+/// Appends `batch` inside the caller's transaction and returns the stored events. Nothing
+/// is visible to readers until the caller commits; the caller folds the returned events
+/// into the projections in the same transaction.
+pub async fn append(
+    conn: &mut PgConnection,
+    batch: &[NewEvent],
+) -> Result<Vec<StoredEvent>, AppendError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = std::time::Instant::now();
+    let n = batch.len() as i64;
+    // Takes the row lock that serialises appenders until our commit.
+    let head = sqlx::query!(
+        "UPDATE log_head SET position = position + $1 RETURNING position, hash",
+        n
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let first = head.position - n + 1;
+    let micros = Utc::now().timestamp_micros();
+    let recorded_at = DateTime::from_timestamp_micros(micros).expect("now is representable");
+
+    let mut prev_hash = head.hash;
+    let mut stored = Vec::with_capacity(batch.len());
+    for (i, e) in batch.iter().enumerate() {
+        let version = e.stream_version();
+        let id = events::event_id(&e.stream, version);
+        let position = first + i as i64;
+        let hash = hash::event_hash(
+            &prev_hash,
+            &hash::Hashed {
+                position,
+                id,
+                stream: &e.stream,
+                stream_version: version,
+                kind: e.kind,
+                schema_version: events::SCHEMA_VERSION,
+                data: &e.data,
+                metadata: &e.metadata,
+                recorded_at,
+            },
+        );
+        stored.push(StoredEvent {
+            position,
+            id,
+            kind: e.kind.to_string(),
+            stream: e.stream.clone(),
+            stream_version: version,
+            recorded_at,
+            data: e.data.clone(),
+            schema_version: events::SCHEMA_VERSION,
+            metadata: e.metadata.clone(),
+            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        });
+    }
+    check_expected_versions(conn, batch).await?;
+
+    let cols = Columns::of(&stored);
+    let last = stored.last().expect("batch is not empty");
+    sqlx::query!(
+        r#"WITH inserted AS (
+               INSERT INTO events (position, event_id, stream, stream_version, type, schema_version,
+                                   data, metadata, recorded_at, prev_hash, hash)
+               SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[],
+                                    $6::smallint[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
+                                    $10::bytea[], $11::bytea[])
+           ), head AS (
+               UPDATE log_head SET hash = $12
+           )
+           SELECT pg_notify($13, $14)"#,
+        &cols.position,
+        &cols.id,
+        &cols.stream,
+        &cols.version,
+        &cols.kind,
+        &cols.schema_version,
+        &cols.data,
+        &cols.metadata,
+        &cols.recorded_at,
+        &cols.prev_hash,
+        &cols.hash,
+        &last.hash,
+        CHANNEL,
+        last.position.to_string(),
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(conflict_or_database)?;
+    crate::metrics::record_append(stored.len(), last.position, started.elapsed());
+    Ok(stored)
+}
+
+/// The unique (stream, stream_version) index refuses a second writer of the same version;
+/// this also refuses a version that skips ahead of the stream (a gap inside a stream).
+async fn check_expected_versions(
+    conn: &mut PgConnection,
+    batch: &[NewEvent],
+) -> Result<(), AppendError> {
+    let mut streams: Vec<String> = Vec::new();
+    let mut expected: Vec<i32> = Vec::new();
+    for e in batch {
+        if !streams.contains(&e.stream) {
+            streams.push(e.stream.clone());
+            expected.push(e.expected_version.unwrap_or(-1));
+        }
+    }
+    let stale = sqlx::query_scalar!(
+        r#"SELECT s.stream AS "stream!"
+           FROM UNNEST($1::text[], $2::int[]) AS s(stream, expected)
+           LEFT JOIN LATERAL (SELECT max(stream_version) AS v FROM events WHERE events.stream = s.stream) cur ON true
+           WHERE coalesce(cur.v, -1) <> s.expected
+           LIMIT 1"#,
+        &streams,
+        &expected
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match stale {
+        Some(stream) => Err(AppendError::Conflict(format!(
+            "stream {stream} is not at its expected version"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn conflict_or_database(e: sqlx::Error) -> AppendError {
+    match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("events_stream_version_key") | Some("events_event_id_key") => {
+            AppendError::Conflict(e.to_string())
+        }
+        _ => AppendError::Database(e),
+    }
+}
+
+/// The batch as one array per column, for UNNEST.
+struct Columns {
+    position: Vec<i64>,
+    id: Vec<Uuid>,
+    stream: Vec<String>,
+    version: Vec<i32>,
+    kind: Vec<String>,
+    schema_version: Vec<i16>,
+    data: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn of(events: &[StoredEvent]) -> Self {
+        Columns {
+            position: events.iter().map(|e| e.position).collect(),
+            id: events.iter().map(|e| e.id).collect(),
+            stream: events.iter().map(|e| e.stream.clone()).collect(),
+            version: events.iter().map(|e| e.stream_version).collect(),
+            kind: events.iter().map(|e| e.kind.clone()).collect(),
+            schema_version: events.iter().map(|e| e.schema_version).collect(),
+            data: events.iter().map(|e| e.data.clone()).collect(),
+            metadata: events.iter().map(|e| e.metadata.clone()).collect(),
+            recorded_at: events.iter().map(|e| e.recorded_at).collect(),
+            prev_hash: events.iter().map(|e| e.prev_hash.clone()).collect(),
+            hash: events.iter().map(|e| e.hash.clone()).collect(),
+        }
+    }
+}
+
+/// Up to `limit` events after `after`, in position order; `types` (already expanded to
+/// exact names) filters by type.
+pub async fn read_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+    types: Option<&[String]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        StoredEvent,
+        r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
+                  data, schema_version, metadata, prev_hash, hash
+           FROM events
+           WHERE position > $1 AND ($2::text[] IS NULL OR type = ANY($2))
+           ORDER BY position
+           LIMIT $3"#,
+        after,
+        types as Option<&[String]>,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The last committed position (0 for an empty log).
+pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!("SELECT position FROM log_head")
+        .fetch_one(pool)
+        .await
+}
+
+/// Takes the append lock now rather than at [`append`]: a transaction that must decide
+/// on everything committed before it (the follower matching outputs against watched
+/// addresses) locks first, then reads, then appends.
+pub async fn lock(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!("SELECT position FROM log_head FOR UPDATE")
+        .fetch_one(&mut *conn)
+        .await
+}

