@@ -86,7 +86,6 @@ pub struct Node {
     pub password: String,
     pub rpc: Client,
     pub core: bool,
-    mining_address: String,
 }
 
 impl Node {
@@ -112,7 +111,6 @@ impl Node {
             .as_str()
             .unwrap_or_default()
             .contains("SV");
-        let mining_address: String = rpc.call("getnewaddress", &[]).unwrap();
         let node = Node {
             dir,
             url,
@@ -120,7 +118,6 @@ impl Node {
             password,
             rpc,
             core,
-            mining_address,
         };
         node.mine(101);
         node
@@ -132,8 +129,11 @@ impl Node {
             .unwrap_or_else(|e| panic!("{method} failed: {e}"))
     }
 
+    /// Mines `n` blocks to a fresh address: after `invalidateblock`, a block paying the same
+    /// address in the same second would be the very block the node holds invalid.
     pub fn mine(&self, n: u64) -> Vec<String> {
-        self.call("generatetoaddress", &[json!(n), json!(self.mining_address)])
+        let to: String = self.call("getnewaddress", &[]);
+        self.call("generatetoaddress", &[json!(n), json!(to)])
     }
 
     pub fn height(&self) -> u64 {
