@@ -239,6 +239,11 @@ impl Service {
         }
     }
 
+    /// A client for a service running elsewhere (another process).
+    pub fn at(base: String) -> Service {
+        Service { base, http: reqwest::Client::new(), running: None }
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
