@@ -215,10 +215,7 @@ async fn bad_input_gets_a_clear_4xx_never_a_500() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tail_long_polls_filters_by_type_and_pages() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (_node, svc) = node_and_service().await;
     let (_, page) = svc.get("/v1/events?after=0&limit=1000").await;
     let head = page["next_after"].as_i64().unwrap();
     assert!(!page["has_more"].as_bool().unwrap());
@@ -299,10 +296,7 @@ async fn the_tail_long_polls_filters_by_type_and_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_openapi_and_status_are_served() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (_node, svc) = node_and_service().await;
     let get = |p: &str| svc.http.get(format!("{}{p}", svc.base)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);

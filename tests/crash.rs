@@ -31,7 +31,11 @@ fn spawn_binary(db: &str, node: &Node, port: u16) -> Child {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,35 +73,78 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
 
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
     eventually(Duration::from_secs(30), || async {
-        let r = svc.http.get(format!("{}/healthz", svc.base)).send().await.ok()?;
+        let r = svc
+            .http
+            .get(format!("{}/healthz", svc.base))
+            .send()
+            .await
+            .ok()?;
         r.status().is_success().then_some(())
     })
     .await;
     svc.synced_to(node.height()).await;
 
     let events = svc.all_events().await;
-    let positions: Vec<i64> = events.iter().map(|e| e["position"].as_i64().unwrap()).collect();
-    assert_eq!(positions, (1..=events.len() as i64).collect::<Vec<_>>(), "positions are gapless");
+    let positions: Vec<i64> = events
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "positions are gapless"
+    );
     let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "no duplicate event id");
 
-    let heights: Vec<u64> = events.iter().filter(|e| e["type"] == "block.connected").map(|e| e["data"]["height"].as_u64().unwrap()).collect();
+    let heights: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "block.connected")
+        .map(|e| e["data"]["height"].as_u64().unwrap())
+        .collect();
     let first = heights[0];
-    assert_eq!(heights, (first..=node.height()).collect::<Vec<_>>(), "every height exactly once, in order");
+    assert_eq!(
+        heights,
+        (first..=node.height()).collect::<Vec<_>>(),
+        "every height exactly once, in order"
+    );
 
     // Every deposit stream: versions 0.. without holes, confirmations never going back.
     let mut streams: BTreeMap<&str, Vec<&serde_json::Value>> = BTreeMap::new();
-    for e in events.iter().filter(|e| e["stream"].as_str().unwrap().starts_with("deposit-")) {
-        streams.entry(e["stream"].as_str().unwrap()).or_default().push(e);
+    for e in events
+        .iter()
+        .filter(|e| e["stream"].as_str().unwrap().starts_with("deposit-"))
+    {
+        streams
+            .entry(e["stream"].as_str().unwrap())
+            .or_default()
+            .push(e);
     }
     assert!(streams.len() > 5, "deposits were made during the kills");
     for (stream, evs) in &streams {
-        let versions: Vec<i64> = evs.iter().map(|e| e["stream_version"].as_i64().unwrap()).collect();
-        assert_eq!(versions, (0..evs.len() as i64).collect::<Vec<_>>(), "{stream}");
-        let confirmed: Vec<u64> = evs.iter().filter(|e| e["type"] == "deposit.confirmed").map(|e| e["data"]["confirmations"].as_u64().unwrap()).collect();
-        assert!(confirmed.windows(2).all(|w| w[1] == w[0] + 1), "{stream}: {confirmed:?}");
+        let versions: Vec<i64> = evs
+            .iter()
+            .map(|e| e["stream_version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            versions,
+            (0..evs.len() as i64).collect::<Vec<_>>(),
+            "{stream}"
+        );
+        let confirmed: Vec<u64> = evs
+            .iter()
+            .filter(|e| e["type"] == "deposit.confirmed")
+            .map(|e| e["data"]["confirmations"].as_u64().unwrap())
+            .collect();
+        assert!(
+            confirmed.windows(2).all(|w| w[1] == w[0] + 1),
+            "{stream}: {confirmed:?}"
+        );
     }
-    assert_eq!(svc.balance(&account).await, svc.replayed_balance(&account).await);
+    assert_eq!(
+        svc.balance(&account).await,
+        svc.replayed_balance(&account).await
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -9,10 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposit_is_seen_confirmed_credited_and_final_with_one_event_per_change() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (node, svc) = node_and_service().await;
 
     let address = node.new_address("legacy");
     let account = svc.account_watching(&address).await;
@@ -76,10 +73,7 @@ async fn a_deposit_is_seen_confirmed_credited_and_final_with_one_event_per_chang
 /// P2SH-P2WPKH, P2WPKH and P2TR on Bitcoin Core (BITCOIND=/path/to/bitcoind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposits_to_every_address_type_the_node_can_pay_are_found_in_blocks() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (node, svc) = node_and_service().await;
     let kinds: &[&str] = if node.core {
         &["legacy", "p2sh-segwit", "bech32", "bech32m"]
     } else {

@@ -32,10 +32,7 @@ async fn wait_for_event(svc: &Service, txid: &str, kind: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reorg_of_depth_one_is_compensated_and_the_deposit_reconfirms() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (node, svc) = node_and_service().await;
     let address = node.new_address("legacy");
     let account = svc.account_watching(&address).await;
     let txid = node.send(&address, "2");
@@ -84,10 +81,7 @@ async fn a_reorg_of_depth_one_is_compensated_and_the_deposit_reconfirms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reorg_of_depth_three_reverses_a_credit_and_the_balance_returns() {
-    let node = Node::start();
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &node)).await;
-    svc.synced_to(node.height()).await;
+    let (node, svc) = node_and_service().await;
     let address = node.new_address("legacy");
     let account = svc.account_watching(&address).await;
     let txid = node.send(&address, "1");

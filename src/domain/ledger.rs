@@ -386,6 +386,18 @@ mod tests {
                 log: vec![],
             }
         }
+        /// One block on branch `tag` paying `found`, settled at its height.
+        fn block(
+            &mut self,
+            height: u32,
+            tag: &str,
+            found: Vec<FoundOutput>,
+        ) -> Vec<(&'static str, u32, bool)> {
+            self.observe(|l| {
+                l.connect_block(&block(height, tag), found);
+                l.settle(height)
+            })
+        }
         fn observe(&mut self, f: impl FnOnce(&mut Ledger)) -> Vec<(&'static str, u32, bool)> {
             let mut ledger = Ledger::new(6, self.chain, self.deposits.clone(), Value::Null);
             f(&mut ledger);
@@ -414,33 +426,33 @@ mod tests {
             vec![("deposit.seen", 0, false)]
         );
         assert_eq!(
-            sim.observe(|l| {
-                l.connect_block(&block(101, "a"), vec![out("aa")]);
-                l.settle(101)
-            }),
+            sim.block(101, "a", vec![out("aa")]),
             vec![("deposit.confirmed", 1, false)]
         );
-        let step = |sim: &mut Sim, h| {
-            sim.observe(|l| {
-                l.connect_block(&block(h, "a"), vec![]);
-                l.settle(h)
-            })
-        };
-        assert_eq!(step(&mut sim, 102), vec![("deposit.confirmed", 2, false)]);
         assert_eq!(
-            step(&mut sim, 103),
+            sim.block(102, "a", vec![]),
+            vec![("deposit.confirmed", 2, false)]
+        );
+        assert_eq!(
+            sim.block(103, "a", vec![]),
             vec![
                 ("deposit.confirmed", 3, false),
                 ("deposit.credited", 3, true)
             ]
         );
-        assert_eq!(step(&mut sim, 104), vec![("deposit.confirmed", 4, true)]);
-        assert_eq!(step(&mut sim, 105), vec![("deposit.confirmed", 5, true)]);
         assert_eq!(
-            step(&mut sim, 106),
+            sim.block(104, "a", vec![]),
+            vec![("deposit.confirmed", 4, true)]
+        );
+        assert_eq!(
+            sim.block(105, "a", vec![]),
+            vec![("deposit.confirmed", 5, true)]
+        );
+        assert_eq!(
+            sim.block(106, "a", vec![]),
             vec![("deposit.confirmed", 6, true), ("deposit.final", 6, true)]
         );
-        assert_eq!(step(&mut sim, 107), vec![]);
+        assert_eq!(sim.block(107, "a", vec![]), vec![]);
         let versions: Vec<i32> = sim
             .log
             .iter()
@@ -453,10 +465,7 @@ mod tests {
     #[test]
     fn a_deposit_first_seen_in_a_block_gets_seen_then_confirmed() {
         let mut sim = Sim::new();
-        let ev = sim.observe(|l| {
-            l.connect_block(&block(5, "a"), vec![out("bb")]);
-            l.settle(5)
-        });
+        let ev = sim.block(5, "a", vec![out("bb")]);
         assert_eq!(
             ev,
             vec![("deposit.seen", 1, false), ("deposit.confirmed", 1, false)]
@@ -466,15 +475,9 @@ mod tests {
     #[test]
     fn a_reorg_of_a_credited_deposit_is_compensated_and_it_reconfirms() {
         let mut sim = Sim::new();
-        sim.observe(|l| {
-            l.connect_block(&block(10, "a"), vec![out("cc")]);
-            l.settle(10)
-        });
+        sim.block(10, "a", vec![out("cc")]);
         for h in 11..=12 {
-            sim.observe(|l| {
-                l.connect_block(&block(h, "a"), vec![]);
-                l.settle(h)
-            });
+            sim.block(h, "a", vec![]);
         }
         // invalidateblock at depth 3: the node's tip goes back to 9.
         let ev = sim.observe(|l| {
@@ -491,10 +494,7 @@ mod tests {
             ]
         );
         // A new branch includes the transaction again.
-        let ev = sim.observe(|l| {
-            l.connect_block(&block(10, "b"), vec![out("cc")]);
-            l.settle(10)
-        });
+        let ev = sim.block(10, "b", vec![out("cc")]);
         assert_eq!(ev, vec![("deposit.confirmed", 1, false)]);
         let chain: Vec<&str> = sim
             .log
@@ -516,15 +516,9 @@ mod tests {
     #[test]
     fn a_reorg_onto_a_longer_branch_does_not_flap_deposits_below_the_fork() {
         let mut sim = Sim::new();
-        sim.observe(|l| {
-            l.connect_block(&block(10, "a"), vec![out("dd")]);
-            l.settle(10)
-        });
+        sim.block(10, "a", vec![out("dd")]);
         for h in 11..=12 {
-            sim.observe(|l| {
-                l.connect_block(&block(h, "a"), vec![]);
-                l.settle(h)
-            });
+            sim.block(h, "a", vec![]);
         }
         // Tip 12 replaced by 12', 13': one observation.
         let ev = sim.observe(|l| {
@@ -539,15 +533,9 @@ mod tests {
     #[test]
     fn a_shorter_chain_lowers_confirmations_and_reverses_credit() {
         let mut sim = Sim::new();
-        sim.observe(|l| {
-            l.connect_block(&block(10, "a"), vec![out("ee")]);
-            l.settle(10)
-        });
+        sim.block(10, "a", vec![out("ee")]);
         for h in 11..=12 {
-            sim.observe(|l| {
-                l.connect_block(&block(h, "a"), vec![]);
-                l.settle(h)
-            });
+            sim.block(h, "a", vec![]);
         }
         let ev = sim.observe(|l| {
             l.disconnect_block(&block(12, "a"));

@@ -241,7 +241,11 @@ impl Service {
 
     /// A client for a service running elsewhere (another process).
     pub fn at(base: String) -> Service {
-        Service { base, http: reqwest::Client::new(), running: None }
+        Service {
+            base,
+            http: reqwest::Client::new(),
+            running: None,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -368,6 +372,15 @@ impl Service {
         }
         (credited, pending, unconfirmed)
     }
+}
+
+/// A fresh node, a fresh database and the service on them, synced to the node's tip.
+pub async fn node_and_service() -> (Node, Service) {
+    let node = Node::start();
+    let db = fresh_database().await;
+    let svc = Service::start(config(&db, &node)).await;
+    svc.synced_to(node.height()).await;
+    (node, svc)
 }
 
 /// Polls `f` until it returns `Some`, panicking after `timeout`.
