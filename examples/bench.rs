@@ -1,0 +1,128 @@
+//! `tools/bench`: the store's batch append versus a raw `INSERT … SELECT FROM UNNEST` of the
+//! same rows on the same database, and the tail's read rate through `GET /v1/events` pages
+//! of 1000. Prints a Markdown table; never asserts anything.
+//!
+//! Usage: DATABASE_URL=… cargo run --release --example bench [EVENTS]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chainledger::chain::node::Credentials;
+use chainledger::chain::{FollowerStatus, Node};
+use chainledger::config::NetworkName;
+use chainledger::domain::events::NewEvent;
+use chainledger::http::{self, AppState};
+use chainledger::store::{self, notify::LogWatch};
+use serde_json::json;
+use sqlx::PgPool;
+
+const BATCH: usize = 500;
+
+fn batch(n: usize, first: usize) -> Vec<NewEvent> {
+    (first..first + n)
+        .map(|i| NewEvent {
+            stream: format!("deposit-{i:064x}:0"),
+            expected_version: None,
+            kind: "deposit.seen",
+            data: json!({
+                "account_id": "5b0c3d6e-9a41-4a8e-8c7e-0f5d2a1b3c4d", "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
+                "txid": format!("{i:064x}"), "vout": 0, "amount": "1.50000000", "amount_sats": 150_000_000u64,
+                "confirmations": 1, "block_hash": format!("{:064x}", i / 50), "block_height": 101 + i / 50,
+                "credited": false, "credit_confirmations": 3, "status": "confirming"
+            }),
+            metadata: json!({"source": "bench"}),
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let total: usize = std::env::args().nth(1).map_or(200_000, |s| s.parse().expect("EVENTS is a number"));
+    let pool = PgPool::connect(&url).await?;
+    chainledger::db::migrate(&pool).await?;
+    assert_eq!(store::head(&pool).await?, 0, "bench needs an empty database");
+
+    // The store: batches of 500 (one block's worth), one transaction each.
+    let started = Instant::now();
+    for first in (0..total).step_by(BATCH) {
+        let mut tx = pool.begin().await?;
+        store::append(&mut tx, &batch(BATCH.min(total - first), first)).await?;
+        tx.commit().await?;
+    }
+    let store_secs = started.elapsed().as_secs_f64();
+
+    // Raw: the very same rows, read back, inserted into a copy of the table with the same
+    // indexes, with the same batch size and one transaction each.
+    sqlx::raw_sql("CREATE TABLE raw_events (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+        .execute(&pool)
+        .await?;
+    let rows = store::read_after(&pool, 0, total as i64, None).await?;
+    let started = Instant::now();
+    for chunk in rows.chunks(BATCH) {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO raw_events SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[],
+                 $6::smallint[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[], $11::bytea[])",
+        )
+        .bind(chunk.iter().map(|e| e.position).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.stream.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.stream_version).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.schema_version).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let raw_secs = started.elapsed().as_secs_f64();
+    drop(rows);
+
+    // The tail over HTTP, pages of 1000. The node is never called by this route.
+    let state = AppState {
+        pool: pool.clone(),
+        node: Node::connect("http://127.0.0.1:9", Credentials::UserPass("x".into(), "x".into()))?,
+        network: NetworkName::Regtest,
+        api_token: Arc::from("bench-token-0123456789"),
+        credit_confirmations: 3,
+        final_confirmations: 15,
+        log: LogWatch::start(pool.clone()).await?,
+        follower: Arc::new(FollowerStatus::default()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, http::router(state)).await });
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let (mut after, mut read, mut bytes) = (0i64, 0usize, 0usize);
+    loop {
+        let body = client
+            .get(format!("http://{addr}/v1/events?after={after}&limit=1000"))
+            .bearer_auth("bench-token-0123456789")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        bytes += body.len();
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
+        read += page["events"].as_array().map_or(0, Vec::len);
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if !page["has_more"].as_bool().unwrap_or(false) {
+            break;
+        }
+    }
+    let tail_secs = started.elapsed().as_secs_f64();
+    assert_eq!(read, total);
+
+    println!("| measure | events | seconds | events/s | note |");
+    println!("|---|---:|---:|---:|---|");
+    println!("| store append (batches of {BATCH}) | {total} | {store_secs:.2} | {:.0} | {:.2} of raw |", total as f64 / store_secs, raw_secs / store_secs);
+    println!("| raw INSERT … UNNEST (same rows) | {total} | {raw_secs:.2} | {:.0} | |", total as f64 / raw_secs);
+    println!("| tail GET /v1/events, pages of 1000 | {read} | {tail_secs:.2} | {:.0} | {:.1} MB/s |", read as f64 / tail_secs, bytes as f64 / tail_secs / 1e6);
+    Ok(())
+}
