@@ -38,10 +38,16 @@ fn batch(n: usize, first: usize) -> Vec<NewEvent> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let total: usize = std::env::args().nth(1).map_or(200_000, |s| s.parse().expect("EVENTS is a number"));
+    let total: usize = std::env::args()
+        .nth(1)
+        .map_or(200_000, |s| s.parse().expect("EVENTS is a number"));
     let pool = PgPool::connect(&url).await?;
     chainledger::db::migrate(&pool).await?;
-    assert_eq!(store::head(&pool).await?, 0, "bench needs an empty database");
+    assert_eq!(
+        store::head(&pool).await?,
+        0,
+        "bench needs an empty database"
+    );
 
     // The store: batches of 500 (one block's worth), one transaction each.
     let started = Instant::now();
@@ -86,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
     // The tail over HTTP, pages of 1000. The node is never called by this route.
     let state = AppState {
         pool: pool.clone(),
-        node: Node::connect("http://127.0.0.1:9", Credentials::UserPass("x".into(), "x".into()))?,
+        node: Node::connect(
+            "http://127.0.0.1:9",
+            Credentials::UserPass("x".into(), "x".into()),
+        )?,
         network: NetworkName::Regtest,
         api_token: Arc::from("bench-token-0123456789"),
         credit_confirmations: 3,
@@ -121,8 +130,19 @@ async fn main() -> anyhow::Result<()> {
 
     println!("| measure | events | seconds | events/s | note |");
     println!("|---|---:|---:|---:|---|");
-    println!("| store append (batches of {BATCH}) | {total} | {store_secs:.2} | {:.0} | {:.2} of raw |", total as f64 / store_secs, raw_secs / store_secs);
-    println!("| raw INSERT … UNNEST (same rows) | {total} | {raw_secs:.2} | {:.0} | |", total as f64 / raw_secs);
-    println!("| tail GET /v1/events, pages of 1000 | {read} | {tail_secs:.2} | {:.0} | {:.1} MB/s |", read as f64 / tail_secs, bytes as f64 / tail_secs / 1e6);
+    println!(
+        "| store append (batches of {BATCH}) | {total} | {store_secs:.2} | {:.0} | {:.2} of raw |",
+        total as f64 / store_secs,
+        raw_secs / store_secs
+    );
+    println!(
+        "| raw INSERT … UNNEST (same rows) | {total} | {raw_secs:.2} | {:.0} | |",
+        total as f64 / raw_secs
+    );
+    println!(
+        "| tail GET /v1/events, pages of 1000 | {read} | {tail_secs:.2} | {:.0} | {:.1} MB/s |",
+        read as f64 / tail_secs,
+        bytes as f64 / tail_secs / 1e6
+    );
     Ok(())
 }
