@@ -31,7 +31,6 @@ pub struct FollowerStatus {
     pub leader: AtomicBool,
     /// -1 until known.
     pub node_tip: AtomicI64,
-    pub synced_tip: AtomicI64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -56,7 +55,6 @@ pub struct Follower {
 impl Follower {
     pub fn new(pool: PgPool, node: Node, cfg: FollowerConfig, status: Arc<FollowerStatus>) -> Self {
         status.node_tip.store(-1, Ordering::Relaxed);
-        status.synced_tip.store(-1, Ordering::Relaxed);
         Follower {
             pool,
             node,
@@ -312,9 +310,6 @@ impl Follower {
             "block processed"
         );
         metrics::record_blocks(connect.len(), new_tip_height);
-        self.status
-            .synced_tip
-            .store(i64::from(new_tip_height), Ordering::Relaxed);
         self.tip = match connect.into_iter().last() {
             Some((b, _)) => Some(b),
             None => load_tip(&self.pool).await?,

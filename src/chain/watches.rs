@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use bitcoin::{Script, ScriptBuf, Transaction, Txid};
+use bitcoin::{ScriptBuf, Transaction, Txid};
 use sqlx::PgConnection;
 
 use crate::domain::ledger::{FoundOutput, Watch};
@@ -41,16 +41,8 @@ impl Watches {
         Ok(changed)
     }
 
-    pub fn len(&self) -> usize {
-        self.scripts.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.scripts.is_empty()
-    }
-
-    pub fn get(&self, script: &Script) -> Option<&Watch> {
-        self.scripts.get(script)
     }
 
     /// The outputs of `tx` paying watched scripts. The txid is computed only on a match.

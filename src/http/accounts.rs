@@ -162,11 +162,7 @@ pub async fn balance(
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let as_of_position = sqlx::query_scalar!(
-        "SELECT coalesce(min(position), 0) AS \"p!\" FROM projection_checkpoints"
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let as_of_position = projections::checkpoint(&mut tx).await?;
     let (c, p, u) = row.map_or((0, 0, 0), |r| {
         (
             r.credited_sats as u64,

@@ -51,9 +51,9 @@ pub async fn apply(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<()
 }
 
 /// The position every projection has folded up to (0 before the first event).
-pub async fn checkpoint(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn checkpoint(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let p = sqlx::query_scalar!("SELECT min(position) FROM projection_checkpoints")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     Ok(p.unwrap_or(0))
 }
