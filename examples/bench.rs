@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     drop(rows);
 
     // The tail over HTTP, pages of 1000. The node is never called by this route.
+    let never_stop = tokio::sync::watch::Sender::new(false);
     let state = AppState {
         pool: pool.clone(),
         node: Node::connect(
@@ -102,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
         final_confirmations: 15,
         log: LogWatch::start(pool.clone()).await?,
         follower: Arc::new(FollowerStatus::default()),
+        webhook_guard: Arc::default(),
+        wake_delivery: Arc::default(),
+        shutdown: never_stop.subscribe(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -1,11 +1,12 @@
 //! Wiring: checks the configuration, connects and migrates the database, checks the node's
-//! network, then runs the chain follower and the HTTP server until shut down.
+//! network, then runs the chain follower, the webhook dispatcher and the HTTP server until
+//! shut down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::chain::follower::FollowerConfig;
@@ -13,6 +14,7 @@ use crate::chain::node::Credentials;
 use crate::chain::{Follower, FollowerStatus, Node};
 use crate::config::Config;
 use crate::db;
+use crate::delivery::Dispatcher;
 use crate::http::{self, AppState};
 use crate::store::notify::LogWatch;
 
@@ -49,7 +51,7 @@ impl Running {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     tracing::info!(config = ?cfg, "starting");
-    let pool = db::connect(&cfg.db).await?;
+    let pool = db::connect(&cfg.db, 20 + cfg.webhook_workers).await?;
     db::migrate(&pool).await?;
 
     let credentials = match (
@@ -93,6 +95,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let follower_task = tokio::spawn(follower.run(stopped.clone()));
 
+    let delivery = cfg.delivery();
+    let wake = Arc::new(Notify::new());
+    let dispatcher = Dispatcher::new(pool.clone(), log.clone(), delivery.clone(), wake.clone())
+        .context("failed to set up webhook delivery")?;
+    let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
+
     let state = AppState {
         pool,
         node,
@@ -102,6 +110,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         final_confirmations: cfg.final_confirmations,
         log,
         follower: status,
+        webhook_guard: delivery.guard,
+        wake_delivery: wake,
+        shutdown: stopped.clone(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
         .await
@@ -123,6 +134,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         stop,
-        tasks: vec![follower_task, server],
+        tasks: vec![follower_task, dispatcher_task, server],
     })
 }

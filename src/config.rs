@@ -120,11 +120,44 @@ pub struct Config {
     /// Height a new database starts following at; default: the node's tip.
     #[arg(long, env = "START_HEIGHT")]
     pub start_height: Option<u32>,
+    /// Delays before each webhook attempt (ms, s, m, h); its length is the number of
+    /// attempts per event before the subscriber is disabled.
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE", default_value = crate::delivery::schedule::DEFAULT,
+          value_parser = crate::delivery::Schedule::parse)]
+    pub webhook_retry_schedule: crate::delivery::Schedule,
+    /// Timeout of one webhook request (connecting included).
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 15000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_timeout_ms: u64,
+    /// CIDR ranges (comma-separated) webhook targets may resolve into despite not being
+    /// public, e.g. 127.0.0.0/8 for a receiver on this machine.
+    #[arg(long, env = "WEBHOOK_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
+    pub webhook_allow_nets: Vec<ipnet::IpNet>,
+    /// Subscribers delivered to concurrently by this instance.
+    #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_workers: u32,
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let nets = crate::delivery::Guard::parse_nets(s)?;
+    nets.into_iter()
+        .next()
+        .ok_or_else(|| "an empty range".to_string())
 }
 
 impl Config {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn delivery(&self) -> crate::delivery::DeliveryConfig {
+        crate::delivery::DeliveryConfig {
+            schedule: self.webhook_retry_schedule.clone(),
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            workers: self.webhook_workers as usize,
+            guard: std::sync::Arc::new(crate::delivery::Guard::new(
+                self.webhook_allow_nets.clone(),
+            )),
+        }
     }
 
     /// Checks that need no IO; the one-line reason is what the service exits with.
@@ -173,6 +206,13 @@ impl fmt::Debug for Config {
             .field("final_confirmations", &self.final_confirmations)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("start_height", &self.start_height)
+            .field(
+                "webhook_retry_schedule",
+                &self.webhook_retry_schedule.delays,
+            )
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_allow_nets", &self.webhook_allow_nets)
+            .field("webhook_workers", &self.webhook_workers)
             .finish()
     }
 }

@@ -13,12 +13,14 @@ use crate::config::{redact_url, DatabaseArgs};
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Connects, retrying once a second; the error names the (redacted) URL and the last cause.
-pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+/// `max_connections` must cover the connections held for long (the follower's leader
+/// lock, the event listener, one per webhook worker) plus the HTTP handlers' share.
+pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
     let attempts = args.database_connect_retries.max(1);
     let mut last = None;
     for attempt in 1..=attempts {
         match PgPoolOptions::new()
-            .max_connections(20)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&args.database_url)
             .await

@@ -12,7 +12,11 @@
 //!   appending transaction.
 //! - [`chain`]: the node client, the chain follower (blocks, reorgs) and the mempool watcher.
 //!   A block is processed in [`chain::follower`].
-//! - [`http`]: the axum API: commands, queries, the long-poll tail, metrics, OpenAPI.
+//! - [`delivery`]: webhooks: the dispatcher, per-subscriber workers under a lease, Standard
+//!   Webhooks signing, the retry schedule, the SSRF guard. A webhook is sent in
+//!   [`delivery::Dispatcher`]'s `send`; cursors are the fold in [`projections::cursors`].
+//! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
+//!   metrics, OpenAPI.
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
 //! - [`metrics`]: Prometheus counters and gauges.
 
@@ -20,6 +24,7 @@ pub mod app;
 pub mod chain;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod metrics;

@@ -25,7 +25,7 @@ async fn main() {
         },
         Command::Migrate(args) => {
             async {
-                let pool = db::connect(&args).await?;
+                let pool = db::connect(&args, 2).await?;
                 db::migrate(&pool).await?;
                 tracing::info!("migrations applied");
                 Ok(())

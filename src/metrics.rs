@@ -3,7 +3,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 struct Metrics {
     registry: Registry,
@@ -13,6 +16,8 @@ struct Metrics {
     blocks_processed: IntCounter,
     events_appended: IntCounter,
     append_seconds: Histogram,
+    deliveries: IntCounterVec,
+    delivery_seconds: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -62,6 +67,28 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry
         .register(Box::new(append_seconds.clone()))
         .expect("unique metric");
+    let deliveries = IntCounterVec::new(
+        Opts::new(
+            "chainledger_webhook_deliveries_total",
+            "Webhook attempts by outcome (delivered, failed, gone)",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(deliveries.clone()))
+        .expect("unique metric");
+    let delivery_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "chainledger_webhook_request_seconds",
+            "Latency of one webhook request",
+        )
+        .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0]),
+    )
+    .expect("valid histogram");
+    registry
+        .register(Box::new(delivery_seconds.clone()))
+        .expect("unique metric");
     Metrics {
         registry,
         node_tip_height,
@@ -70,8 +97,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         blocks_processed,
         events_appended,
         append_seconds,
+        deliveries,
+        delivery_seconds,
     }
 });
+
+pub fn record_delivery(outcome: &str, took: Duration) {
+    METRICS.deliveries.with_label_values(&[outcome]).inc();
+    METRICS.delivery_seconds.observe(took.as_secs_f64());
+}
 
 pub fn record_append(events: usize, last_position: i64, took: Duration) {
     METRICS.events_appended.inc_by(events as u64);

@@ -1,5 +1,6 @@
 //! The service killed with SIGKILL while blocks are being mined, then restarted: every
-//! height processed exactly once, no duplicate event, no gap.
+//! height processed exactly once, no duplicate event, no gap. And killed in the middle of
+//! a webhook burst: every event still arrives, in order, at most the in-flight one twice.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::receiver::Receiver;
 use common::*;
 
 fn spawn_binary(db: &str, node: &Node, port: u16) -> Child {
@@ -23,6 +25,8 @@ fn spawn_binary(db: &str, node: &Node, port: u16) -> Child {
         .env("API_TOKEN", TOKEN)
         .env("FINAL_CONFIRMATIONS", "6")
         .env("POLL_INTERVAL_MS", "20")
+        .env("WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
+        .env("WEBHOOK_RETRY_SCHEDULE", "0s,200ms,400ms")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -72,16 +76,7 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     miner.join().unwrap();
 
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
-    eventually(Duration::from_secs(30), || async {
-        let r = svc
-            .http
-            .get(format!("{}/healthz", svc.base))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
+    wait_healthy(&svc).await;
     svc.synced_to(node.height()).await;
 
     let events = svc.all_events().await;
@@ -145,6 +140,78 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
         svc.balance(&account).await,
         svc.replayed_balance(&account).await
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn wait_healthy(svc: &Service) {
+    eventually(Duration::from_secs(30), || async {
+        let r = svc
+            .http
+            .get(format!("{}/healthz", svc.base))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_flight_ones_twice() {
+    let node = Node::start();
+    let db = fresh_database().await;
+    let setup = Service::start(config(&db, &node)).await;
+    setup.make_events(300).await;
+    setup.stop().await;
+
+    let r = Receiver::start().await;
+    r.delay(3); // a burst that lasts about a second
+    let port = free_port();
+    let mut child = spawn_binary(&db, &node, port);
+    let svc = Service::at(format!("http://127.0.0.1:{port}"));
+    wait_healthy(&svc).await;
+    svc.subscribe(&r.url, serde_json::json!({"start": "beginning"}))
+        .await;
+    let kills = 3;
+    for k in 1..=kills {
+        eventually(Duration::from_secs(30), || async {
+            (r.received().len() >= k * 60).then_some(())
+        })
+        .await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        child = spawn_binary(&db, &node, port);
+        wait_healthy(&svc).await;
+    }
+    let head = svc.head().await;
+    eventually(Duration::from_secs(60), || async {
+        (r.delivered().last() == Some(&head)).then_some(())
+    })
+    .await;
+
+    let got = r.received();
+    let positions: Vec<i64> = got.iter().map(|g| g.position).collect();
+    assert!(got.iter().all(|g| g.answered == 200));
+    assert!(
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {positions:?}"
+    );
+    let mut distinct = positions.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (1..=head).collect::<Vec<_>>(),
+        "every event, no gap"
+    );
+    let twice = positions.len() - distinct.len();
+    assert!(
+        twice <= kills,
+        "only the event in flight at each kill may arrive twice; {twice} did"
+    );
+    for w in got.windows(2).filter(|w| w[0].position == w[1].position) {
+        assert_eq!(w[0].id, w[1].id, "a redelivery keeps its webhook-id");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -86,6 +86,11 @@ pub async fn tail(
             }));
         }
         cursor = next_after;
-        s.log.wait_past(cursor, remaining).await;
+        let mut shutdown = s.shutdown.clone();
+        tokio::select! {
+            _ = s.log.wait_past(cursor, remaining) => {}
+            // At shutdown, answer now (empty page) rather than hold the server open.
+            _ = shutdown.wait_for(|s| *s) => return Ok(axum::Json(Page { events: Vec::new(), next_after, has_more: false })),
+        }
     }
 }

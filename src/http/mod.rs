@@ -9,6 +9,8 @@ mod events;
 mod extract;
 mod openapi;
 mod status;
+mod stream;
+mod subscribers;
 
 use std::sync::Arc;
 
@@ -38,6 +40,12 @@ pub struct AppState {
     pub final_confirmations: u32,
     pub log: LogWatch,
     pub follower: Arc<FollowerStatus>,
+    /// Refuses webhook URLs on non-public addresses (WEBHOOK_ALLOW_NETS aside).
+    pub webhook_guard: Arc<crate::delivery::Guard>,
+    /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).
+    pub wake_delivery: Arc<tokio::sync::Notify>,
+    /// Becomes true at shutdown: open streams and long polls end so the server can stop.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +59,18 @@ pub fn router(state: AppState) -> Router {
         .route("/deposits", get(deposits::list))
         .route("/deposits/{txid}/{vout}", get(deposits::get_one))
         .route("/events", get(events::tail))
+        .route("/events/stream", get(stream::stream))
+        .route(
+            "/subscribers",
+            post(subscribers::create).get(subscribers::list),
+        )
+        .route(
+            "/subscribers/{id}",
+            get(subscribers::get_one).delete(subscribers::delete),
+        )
+        .route("/subscribers/{id}/replay", post(subscribers::replay))
+        .route("/subscribers/{id}/enable", post(subscribers::enable))
+        .route("/subscribers/{id}/deliveries", get(subscribers::deliveries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(status::healthz))

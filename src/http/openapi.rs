@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, deposits, events, status};
+use super::{accounts, deposits, events, status, stream, subscribers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,14 @@ use super::{accounts, deposits, events, status};
         deposits::list,
         deposits::get_one,
         events::tail,
+        stream::stream,
+        subscribers::create,
+        subscribers::list,
+        subscribers::get_one,
+        subscribers::replay,
+        subscribers::enable,
+        subscribers::delete,
+        subscribers::deliveries,
     ),
     modifiers(&BearerAuth)
 )]

@@ -4,6 +4,7 @@
 //! statements per batch, never one per event. Replaying the whole log through [`apply`]
 //! rebuilds every table to the same rows.
 
+pub mod cursors;
 mod fold;
 pub mod read;
 
@@ -14,10 +15,16 @@ use crate::store::StoredEvent;
 pub use fold::{fold, Changes};
 
 /// The read-model definitions, in the order they are created.
-pub const DEFINITIONS: &[(&str, &str)] = &[(
-    "0001_ledger",
-    include_str!("../../projections/0001_ledger.sql"),
-)];
+pub const DEFINITIONS: &[(&str, &str)] = &[
+    (
+        "0001_ledger",
+        include_str!("../../projections/0001_ledger.sql"),
+    ),
+    (
+        "0002_delivery",
+        include_str!("../../projections/0002_delivery.sql"),
+    ),
+];
 
 /// Every projection this module maintains; each has a checkpoint row.
 pub const NAMES: &[&str] = &["accounts", "addresses", "chain", "deposits", "balances"];

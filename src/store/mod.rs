@@ -225,17 +225,30 @@ pub async fn read_after(
     limit: i64,
     types: Option<&[String]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    read_matching(pool, after, limit, types, None).await
+}
+
+/// [`read_after`], also filtered to the events whose data names `account`.
+pub async fn read_matching(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+    types: Option<&[String]>,
+    account: Option<Uuid>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as!(
         StoredEvent,
         r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
                   data, schema_version, metadata, prev_hash, hash
            FROM events
            WHERE position > $1 AND ($2::text[] IS NULL OR type = ANY($2))
+             AND ($4::uuid IS NULL OR data->>'account_id' = $4::text)
            ORDER BY position
            LIMIT $3"#,
         after,
         types as Option<&[String]>,
-        limit
+        limit,
+        account
     )
     .fetch_all(pool)
     .await

@@ -33,6 +33,11 @@ impl LogWatch {
         Ok(LogWatch { rx })
     }
 
+    /// The head as last heard, to wait on changes.
+    pub fn receiver(&self) -> watch::Receiver<i64> {
+        self.rx.clone()
+    }
+
     /// Waits until the log's head passes `after` or `timeout` elapses; true if it passed.
     pub async fn wait_past(&self, after: i64, timeout: Duration) -> bool {
         let mut rx = self.rx.clone();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -219,6 +221,10 @@ pub fn config(database_url: &str, node: &Node) -> Config {
         final_confirmations: 6,
         poll_interval_ms: 100,
         start_height: None,
+        webhook_retry_schedule: chainledger::delivery::Schedule::parse("0s,200ms,400ms").unwrap(),
+        webhook_timeout_ms: 2000,
+        webhook_allow_nets: chainledger::delivery::Guard::parse_nets("127.0.0.0/8").unwrap(),
+        webhook_workers: 8,
     }
 }
 
@@ -264,6 +270,49 @@ impl Service {
             .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+
+    /// The log's last position.
+    pub async fn head(&self) -> i64 {
+        let (status, s) = self.get("/v1/status").await;
+        assert_eq!(status, 200, "{s}");
+        s["last_position"].as_i64().unwrap()
+    }
+
+    /// Appends `n` events (each an `account.created`); returns the last position.
+    pub async fn make_events(&self, n: usize) -> i64 {
+        for i in 0..n {
+            let (status, body) = self
+                .post("/v1/accounts", json!({"label": format!("event {i}")}))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        self.head().await
+    }
+
+    /// Creates a subscriber; returns its id and secret.
+    pub async fn subscribe(&self, url: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"url": url});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, sub) = self.post("/v1/subscribers", body).await;
+        assert_eq!(status, 201, "{sub}");
+        (
+            sub["id"].as_str().unwrap().to_string(),
+            sub["secret"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -1,0 +1,122 @@
+//! The SSE stream: `GET /v1/events/stream?after=&types=`. Each event is one SSE message
+//! with `id:` = its position and `data:` = the envelope (no `event:` name, so a browser
+//! `EventSource`'s `onmessage` sees every one). A reconnecting client's `Last-Event-ID`
+//! wins over `after`, so it resumes exactly after the last message it got. Comments keep
+//! idle connections alive through proxies.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::extract::Query;
+use super::AppState;
+use crate::domain::events::TypeFilter;
+use crate::store::{self, StoredEvent};
+
+const PAGE: i64 = 500;
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Start after this position (default 0); `Last-Event-ID` overrides it.
+    after: Option<i64>,
+    /// Comma list of types; `deposit.*` style wildcards.
+    types: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery),
+    responses((status = 200, content_type = "text/event-stream", description = "SSE: id = position, data = event envelope"),
+              (status = 400)),
+    security(("bearer" = [])))]
+pub async fn stream(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID: must be a position this stream sent",
+                    )
+                })?,
+        ),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            "after: must be 0 or a position",
+        ));
+    }
+    let types = TypeFilter::parse(q.types.as_deref())
+        .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?
+        .map(|f| f.expand());
+
+    struct Tail {
+        s: AppState,
+        cursor: i64,
+        types: Option<Vec<String>>,
+        pending: VecDeque<StoredEvent>,
+    }
+    let tail = Tail {
+        s,
+        cursor: after,
+        types,
+        pending: VecDeque::new(),
+    };
+    let events = futures::stream::unfold(tail, |mut t| async move {
+        loop {
+            if *t.s.shutdown.borrow() {
+                return None;
+            }
+            if let Some(e) = t.pending.pop_front() {
+                let data = serde_json::to_string(&e).expect("an event serialises");
+                let msg = Event::default().id(e.position.to_string()).data(data);
+                return Some((Ok(msg), t));
+            }
+            // The head before the read: nothing up to it that matches is left unread.
+            let head = match store::head(&t.s.pool).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SSE stream cannot read the log; closing");
+                    return None;
+                }
+            };
+            match store::read_after(&t.s.pool, t.cursor, PAGE, t.types.as_deref()).await {
+                Ok(page) if !page.is_empty() => {
+                    t.cursor = page.last().expect("non-empty").position;
+                    t.pending.extend(page);
+                }
+                Ok(_) => {
+                    t.cursor = t.cursor.max(head);
+                    let mut shutdown = t.s.shutdown.clone();
+                    tokio::select! {
+                        _ = t.s.log.wait_past(t.cursor, KEEP_ALIVE) => {}
+                        _ = shutdown.wait_for(|s| *s) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SSE stream cannot read the log; closing");
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
