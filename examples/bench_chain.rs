@@ -399,6 +399,46 @@ fn node_pass(rpc: &Rpc, first: u32, tip: u32) -> anyhow::Result<(f64, f64, usize
     Ok((rpc_secs, decode_secs, txs, bytes))
 }
 
+/// CPU seconds (user + system, all threads) of `pid`, and its parent's pid.
+fn cpu(pid: &str) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((fields.get(1)?.parse().ok()?, ticks as f64 / 100.0))
+}
+
+/// CPU seconds so far of this process, of the PostgreSQL cluster (the postmaster and its
+/// children: backends, writers) and of the node.
+struct CpuSample {
+    this: f64,
+    postgres: f64,
+    node: f64,
+}
+
+fn cpu_sample(postmaster: u32, node: Option<&str>) -> CpuSample {
+    let mut postgres = cpu(&postmaster.to_string()).map_or(0.0, |(_, s)| s);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((parent, secs)) = cpu(pid) {
+            if parent == postmaster {
+                postgres += secs;
+            }
+        }
+    }
+    CpuSample {
+        this: cpu("self").map_or(0.0, |(_, s)| s),
+        postgres,
+        node: node.and_then(cpu).map_or(0.0, |(_, s)| s),
+    }
+}
+
 /// `name_sum` and `name_count` of a histogram in the Prometheus text.
 fn histogram(text: &str, name: &str) -> (f64, f64) {
     let value = |suffix: &str| {
@@ -454,6 +494,14 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
     let pool = PgPool::connect(&url).await?;
     let head_before = store::head(&pool).await?;
 
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    let postmaster = cpu(&backend.to_string())
+        .context("the backend's /proc entry")?
+        .0;
+    let node_pid = std::env::var("NODE_PID").ok();
+    let cpu_before = cpu_sample(postmaster, node_pid.as_deref());
     // This process's metrics also counted the appends of `watch`.
     let (append_secs_before, appends_before) = histogram(
         &chainledger::metrics::render(),
@@ -472,9 +520,10 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
             started.elapsed() < Duration::from_secs(3600),
             "not synced within an hour"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let service_secs = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_sample(postmaster, node_pid.as_deref());
     let metrics = chainledger::metrics::render();
     running.shutdown().await;
 
@@ -485,6 +534,21 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
     .fetch_all(&pool)
     .await?;
     let events: i64 = by_type.iter().map(|(_, n)| n).sum();
+    // When each block's transaction appended (recorded_at is its append time): the rate
+    // over the first and the last fifth of the blocks.
+    let times: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM recorded_at)::float8 FROM events
+         WHERE type = 'block.connected' AND position > $1 ORDER BY position",
+    )
+    .bind(head_before)
+    .fetch_all(&pool)
+    .await?;
+    let fifth = (times.len() / 5).max(1);
+    let segment = |a: usize, b: usize| (b - a) as f64 / (times[b] - times[a]);
+    let (early, late) = (
+        segment(0, fifth),
+        segment(times.len() - 1 - fifth, times.len() - 1),
+    );
     let (append_secs, appends) = histogram(&metrics, "chainledger_append_seconds");
     let (append_secs, appends) = (append_secs - append_secs_before, appends - appends_before);
     // The node again, after the service: the spread of the two passes is the noise.
@@ -511,6 +575,9 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
         events as f64 / service_secs,
         node_best / service_secs
     );
+    println!(
+        "| service: first {fifth} blocks / last {fifth} blocks | {fifth} | | {early:.1} / {late:.1} | | from the block.connected append times |"
+    );
     println!();
     println!("Events appended: {events} ({})", {
         let parts: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
@@ -535,6 +602,27 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
         "| the rest: lock, watch refresh, loading open deposits, ledger, projections, commit, start-up | {} |",
         share(service_secs - node_best - decode_secs - append_secs)
     );
+    println!();
+    println!(
+        "| CPU while catching up ({} cores) | CPU seconds | of wall time |\n|---|---:|---:|",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (what, secs) in [
+        (
+            "the service (this process: follower, HTTP, the sync poll)",
+            cpu_after.this - cpu_before.this,
+        ),
+        (
+            "PostgreSQL (all processes of the private cluster)",
+            cpu_after.postgres - cpu_before.postgres,
+        ),
+        ("the node (bitcoind)", cpu_after.node - cpu_before.node),
+    ] {
+        println!(
+            "| {what} | {secs:.2} | {:.0}% |",
+            100.0 * secs / service_secs
+        );
+    }
     Ok(())
 }
 
