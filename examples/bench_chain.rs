@@ -666,7 +666,9 @@ async fn rss_run(
         .local_addr()?
         .port();
     let start = rpc.height()? + 1;
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("bench-rss-{n}.log")))?;
+    // The service's stderr; tools/bench points BENCH_LOGS at its scratch directory.
+    let logs = std::env::var_os("BENCH_LOGS").map_or_else(std::env::temp_dir, Into::into);
+    let log = std::fs::File::create(logs.join(format!("bench-rss-{n}.log")))?;
     let child = Command::new(binary)
         .arg("serve")
         .env("DATABASE_URL", &url)
@@ -743,7 +745,7 @@ async fn rss(args: &[String]) -> anyhow::Result<()> {
     let rpc = Rpc::from_env()?;
     let wallet = Wallet::new(node_flavour(&rpc)?);
     let mut utxos = wallet.fund(&rpc, 2 * shape.0 * shape.1)?.into_iter();
-    println!("| watched addresses | VmHWM (peak) MiB | VmRSS after sync MiB | VmRSS before the first block MiB | deposit events | note |");
+    println!("| watched addresses | VmHWM (peak) MiB | VmRSS after sync MiB | VmRSS when the API first answers MiB | deposit events | note |");
     println!("|---:|---:|---:|---:|---:|---|");
     for n in [small, big] {
         let (vm, events, watch_secs) = rss_run(binary, &rpc, &wallet, &mut utxos, n, shape).await?;
