@@ -355,6 +355,13 @@ fn config(url: &str, rpc: &Rpc, start_height: u32) -> Config {
         final_confirmations: 15,
         poll_interval_ms: 100,
         start_height: Some(start_height),
+        webhook_retry_schedule: chainledger::delivery::Schedule::parse(
+            chainledger::delivery::schedule::DEFAULT,
+        )
+        .expect("the default schedule parses"),
+        webhook_timeout_ms: 15_000,
+        webhook_allow_nets: Vec::new(),
+        webhook_workers: 16,
     }
 }
 
