@@ -116,5 +116,27 @@ async fn the_stream_applies_the_type_filter_and_refuses_bad_input() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401, "the stream needs the token too");
+    // As a browser EventSource must: the token in the URL, no headers at all.
+    let resp = reqwest::get(format!(
+        "{}/v1/events/stream?after={}&access_token={TOKEN}",
+        svc.base,
+        head - 1
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut browserlike = Box::pin(resp.bytes_stream().eventsource().map(|e| e.unwrap()));
+    assert_eq!(next(&mut browserlike).await.0, head);
+    let resp = reqwest::get(format!(
+        "{}/v1/events/stream?access_token=wrong-token-0123456789",
+        svc.base
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = reqwest::get(format!("{}/v1/events?access_token={TOKEN}", svc.base))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "only the stream takes a query token");
     svc.stop().await;
 }

@@ -83,14 +83,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `Authorization: Bearer <API_TOKEN>`, compared in constant time.
+/// `Authorization: Bearer <API_TOKEN>`, compared in constant time (or, on the SSE stream
+/// only, `?access_token=`: a browser `EventSource` cannot set headers).
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let from_query = stream::access_token(&req);
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .or(from_query.as_deref());
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.api_token.as_bytes()) => {
             next.run(req).await

@@ -2,7 +2,8 @@
 //! with `id:` = its position and `data:` = the envelope (no `event:` name, so a browser
 //! `EventSource`'s `onmessage` sees every one). A reconnecting client's `Last-Event-ID`
 //! wins over `after`, so it resumes exactly after the last message it got. Comments keep
-//! idle connections alive through proxies.
+//! idle connections alive through proxies. Since `EventSource` cannot send headers, this
+//! route also takes the token as `?access_token=`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -31,6 +32,20 @@ pub struct StreamQuery {
     after: Option<i64>,
     /// Comma list of types; `deposit.*` style wildcards.
     types: Option<String>,
+    /// The API token, for clients that cannot send `Authorization` (a browser
+    /// `EventSource`); checked by the auth layer. Prefer the header: URLs get logged.
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+/// The `access_token` query parameter of a GET of this route (RFC 6750 §2.3), if any.
+pub fn access_token(req: &axum::extract::Request) -> Option<String> {
+    if req.method() != axum::http::Method::GET || !req.uri().path().ends_with("/events/stream") {
+        return None;
+    }
+    url::form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
 }
 
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery),
