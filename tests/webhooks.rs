@@ -383,3 +383,34 @@ async fn two_instances_never_deliver_one_subscriber_concurrently() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_no_longer_allowed_is_refused_at_delivery_time() {
+    let node = Node::start();
+    let db = fresh_database().await;
+    let mut cfg = config(&db, &node);
+    cfg.webhook_allow_nets = chainledger::delivery::Guard::parse_nets("127.0.0.0/8,::1").unwrap();
+    let svc = Service::start(cfg).await;
+    let r = Receiver::start().await;
+    let by_name = r.url.replace("127.0.0.1", "localhost");
+    let (named, _) = svc.subscribe(&by_name, json!({})).await;
+    let (literal, _) = svc.subscribe(&r.url, json!({})).await;
+    svc.stop().await;
+
+    // The same subscribers, after the operator stopped allowing loopback: what a name
+    // re-pointed at a private address looks like from here.
+    let mut cfg = config(&db, &node);
+    cfg.webhook_allow_nets.clear();
+    let svc = Service::start(cfg).await;
+    svc.make_events(1).await;
+    for id in [&named, &literal] {
+        let error = eventually(Duration::from_secs(10), || async {
+            let (_, d) = svc.get(&format!("/v1/subscribers/{id}/deliveries")).await;
+            d["deliveries"][0]["error"].as_str().map(String::from)
+        })
+        .await;
+        assert!(error.contains("not a public address"), "{error}");
+    }
+    assert!(r.received().is_empty(), "nothing reached the receiver");
+    svc.stop().await;
+}
