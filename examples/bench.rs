@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         webhook_guard: Arc::default(),
         wake_delivery: Arc::default(),
         shutdown: never_stop.subscribe(),
+        cors_allow_origins: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -362,6 +362,7 @@ fn config(url: &str, rpc: &Rpc, start_height: u32) -> Config {
         webhook_timeout_ms: 15_000,
         webhook_allow_nets: Vec::new(),
         webhook_workers: 16,
+        cors_allow_origins: Vec::new(),
     }
 }
 

@@ -113,6 +113,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         webhook_guard: delivery.guard,
         wake_delivery: wake,
         shutdown: stopped.clone(),
+        cors_allow_origins: cfg.cors_allow_origins.clone(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
         .await

@@ -132,9 +132,24 @@ pub struct Config {
     /// public, e.g. 127.0.0.0/8 for a receiver on this machine.
     #[arg(long, env = "WEBHOOK_ALLOW_NETS", value_delimiter = ',', value_parser = parse_net)]
     pub webhook_allow_nets: Vec<ipnet::IpNet>,
+    /// Browser origins (comma-separated, e.g. https://ops.example.com) allowed to call the
+    /// API cross-origin (CORS), e.g. an `EventSource` on the SSE stream. Empty: none.
+    #[arg(long, env = "CORS_ALLOW_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allow_origins: Vec<axum::http::HeaderValue>,
     /// Subscribers delivered to concurrently by this instance.
     #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub webhook_workers: u32,
+}
+
+fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not an origin: {e}"))?;
+    let origin = url.origin().ascii_serialization();
+    if origin == "null" || url.path() != "/" {
+        return Err(format!(
+            "`{s}` is not an origin like https://ops.example.com"
+        ));
+    }
+    axum::http::HeaderValue::from_str(&origin).map_err(|e| e.to_string())
 }
 
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
@@ -213,6 +228,7 @@ impl fmt::Debug for Config {
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("webhook_allow_nets", &self.webhook_allow_nets)
             .field("webhook_workers", &self.webhook_workers)
+            .field("cors_allow_origins", &self.cors_allow_origins)
             .finish()
     }
 }

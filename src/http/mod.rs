@@ -44,11 +44,27 @@ pub struct AppState {
     pub webhook_guard: Arc<crate::delivery::Guard>,
     /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).
     pub wake_delivery: Arc<tokio::sync::Notify>,
+    /// Origins allowed cross-origin (CORS); empty: no CORS headers.
+    pub cors_allow_origins: Vec<axum::http::HeaderValue>,
     /// Becomes true at shutdown: open streams and long polls end so the server can stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let cors = (!state.cors_allow_origins.is_empty()).then(|| {
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(state.cors_allow_origins.clone())
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
+    });
     let v1 = Router::new()
         .route("/status", get(status::status))
         .route("/accounts", post(accounts::create_account))
@@ -72,15 +88,19 @@ pub fn router(state: AppState) -> Router {
         .route("/subscribers/{id}/enable", post(subscribers::enable))
         .route("/subscribers/{id}/deliveries", get(subscribers::deliveries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi::spec))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 /// `Authorization: Bearer <API_TOKEN>`, compared in constant time (or, on the SSE stream

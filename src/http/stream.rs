@@ -24,6 +24,7 @@ use crate::store::{self, StoredEvent};
 
 const PAGE: i64 = 500;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const RECONNECT: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -88,12 +89,14 @@ pub async fn stream(
         cursor: i64,
         types: Option<Vec<String>>,
         pending: VecDeque<StoredEvent>,
+        sent: bool,
     }
     let tail = Tail {
         s,
         cursor: after,
         types,
         pending: VecDeque::new(),
+        sent: false,
     };
     let events = futures::stream::unfold(tail, |mut t| async move {
         loop {
@@ -102,7 +105,12 @@ pub async fn stream(
             }
             if let Some(e) = t.pending.pop_front() {
                 let data = serde_json::to_string(&e).expect("an event serialises");
-                let msg = Event::default().id(e.position.to_string()).data(data);
+                let mut msg = Event::default().id(e.position.to_string()).data(data);
+                if !t.sent {
+                    // Tells EventSource to reconnect after 1 s rather than its default 3 s.
+                    msg = msg.retry(RECONNECT);
+                    t.sent = true;
+                }
                 return Some((Ok(msg), t));
             }
             // The head before the read: nothing up to it that matches is left unread.

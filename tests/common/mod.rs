@@ -225,6 +225,7 @@ pub fn config(database_url: &str, node: &Node) -> Config {
         webhook_timeout_ms: 2000,
         webhook_allow_nets: chainledger::delivery::Guard::parse_nets("127.0.0.0/8").unwrap(),
         webhook_workers: 8,
+        cors_allow_origins: Vec::new(),
     }
 }
 
