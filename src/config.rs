@@ -25,6 +25,67 @@ pub enum Command {
     Serve(Box<Config>),
     /// Apply the database migrations and create the projection tables, then exit.
     Migrate(DatabaseArgs),
+    /// Replay the log into fresh projection tables, verify them, and swap them in.
+    RebuildProjections(RebuildArgs),
+    /// Write the log with its hash chain as JSON Lines or CSV.
+    AuditExport(ExportArgs),
+    /// Recompute the hash chain of the database's log or of an exported file.
+    VerifyLog(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Only these projections (repeatable): ledger, subscriber_cursors. Default: all.
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+    /// Compare and report; change nothing. Exits 1 when the live tables differ.
+    #[arg(long)]
+    pub verify_only: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: crate::audit::Format,
+    /// First position (default 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+    pub from: i64,
+    /// Last position (default: the head when the export starts).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub to: Option<i64>,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// PostgreSQL connection URL (not needed with --file).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// First position to check (its predecessor's hash is taken from the log).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+    pub from: i64,
+    /// Check this export (JSON Lines, or CSV by its .csv extension) instead of the database.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+impl fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("from", &self.from)
+            .field("file", &self.file)
+            .finish()
+    }
 }
 
 #[derive(Args, Clone)]

@@ -17,10 +17,14 @@
 //!   [`delivery::Dispatcher`]'s `send`; cursors are the fold in [`projections::cursors`].
 //! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
 //!   metrics, OpenAPI.
+//! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
+//! - [`tools`]: the operator subcommands (`rebuild-projections`, `audit-export`,
+//!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
 //! - [`metrics`]: Prometheus counters and gauges.
 
 pub mod app;
+pub mod audit;
 pub mod chain;
 pub mod config;
 pub mod db;
@@ -30,3 +34,4 @@ pub mod http;
 pub mod metrics;
 pub mod projections;
 pub mod store;
+pub mod tools;

@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use chainledger::config::{Cli, Command};
-use chainledger::{app, db};
+use chainledger::{app, db, tools};
 
 #[tokio::main]
 async fn main() {
@@ -15,26 +15,35 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Ok(false): the command ran and its answer is "no" (a failed check): exit 1, and
+    // the command has said why on stdout.
+    let result: anyhow::Result<bool> = match cli.command {
         Command::Serve(cfg) => match app::start(*cfg).await {
             Ok(running) => {
                 running.until_signalled().await;
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e),
         },
         Command::Migrate(args) => {
             async {
-                let pool = db::connect(&args, 2).await?;
+                let pool = db::connect(&args, 3).await?;
                 db::migrate(&pool).await?;
                 tracing::info!("migrations applied");
-                Ok(())
+                Ok(true)
             }
             .await
         }
+        Command::RebuildProjections(args) => tools::rebuild_projections(args).await,
+        Command::AuditExport(args) => tools::audit_export(args).await,
+        Command::VerifyLog(args) => tools::verify_log(args).await,
     };
-    if let Err(e) = result {
-        eprintln!("chainledger: {e:#}");
-        std::process::exit(1);
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("chainledger: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,17 +53,7 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
 
     let port = free_port();
     let mut child = spawn_binary(&db, &node, port);
-    let mining = Arc::new(AtomicBool::new(true));
-    let miner = {
-        let (node, mining, address) = (node.clone(), mining.clone(), address.clone());
-        std::thread::spawn(move || {
-            while mining.load(Ordering::Relaxed) {
-                node.send(&address, "0.1");
-                node.mine(1);
-                std::thread::sleep(Duration::from_millis(15));
-            }
-        })
-    };
+    let miner = Miner::start(node.clone(), &address, Duration::from_millis(15));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         child.kill().expect("SIGKILL");
@@ -72,8 +61,7 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
         child = spawn_binary(&db, &node, port);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    mining.store(false, Ordering::Relaxed);
-    miner.join().unwrap();
+    miner.stop();
 
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
     wait_healthy(&svc).await;

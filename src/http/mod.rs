@@ -3,6 +3,7 @@
 //! fold them into the projections in one transaction; queries read the projections.
 
 mod accounts;
+mod audit;
 mod deposits;
 pub mod error;
 mod events;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deposits/{txid}/{vout}", get(deposits::get_one))
         .route("/events", get(events::tail))
         .route("/events/stream", get(stream::stream))
+        .route("/audit/export", get(audit::export))
         .route(
             "/subscribers",
             post(subscribers::create).get(subscribers::list),

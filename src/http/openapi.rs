@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, deposits, events, status, stream, subscribers};
+use super::{accounts, audit, deposits, events, status, stream, subscribers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{accounts, deposits, events, status, stream, subscribers};
         subscribers::enable,
         subscribers::delete,
         subscribers::deliveries,
+        audit::export,
     ),
     modifiers(&BearerAuth)
 )]

@@ -30,7 +30,7 @@ pub struct CursorState {
 }
 
 impl CursorState {
-    fn new(subscriber_id: Uuid) -> CursorState {
+    pub fn new(subscriber_id: Uuid) -> CursorState {
         CursorState {
             subscriber_id,
             cursor: 0,
@@ -89,6 +89,66 @@ pub enum Entry {
     },
     Enable,
     Delete,
+}
+
+/// A journal row as stored, to fold again (a rebuild).
+#[derive(sqlx::FromRow)]
+pub struct JournalRow {
+    pub subscriber_id: Uuid,
+    pub n: i32,
+    pub kind: String,
+    pub epoch: i32,
+    pub position: Option<i64>,
+    pub event_id: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub outcome: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl JournalRow {
+    /// The entry this row journaled; an error names the row.
+    pub fn entry(&self) -> Result<Entry, String> {
+        let bad = || {
+            format!(
+                "journal row {}#{} ({}) is malformed",
+                self.subscriber_id, self.n, self.kind
+            )
+        };
+        Ok(match self.kind.as_str() {
+            "created" => Entry::Created {
+                start: self.position.ok_or_else(bad)?,
+            },
+            "attempt" => Entry::Attempt {
+                epoch: self.epoch,
+                position: self.position.ok_or_else(bad)?,
+                event_id: self.event_id.ok_or_else(bad)?,
+                attempt: self.attempt.ok_or_else(bad)?,
+                status_code: self.status_code.and_then(|c| u16::try_from(c).ok()),
+                error: self.error.clone(),
+                latency_ms: self.latency_ms.unwrap_or(0),
+                outcome: match self.outcome.as_deref() {
+                    Some("delivered") => Outcome::Delivered,
+                    Some("failed") => Outcome::Failed,
+                    Some("gone") => Outcome::Gone,
+                    _ => return Err(bad()),
+                },
+                next_attempt_at: self.next_attempt_at,
+            },
+            "caught_up" => Entry::CaughtUp {
+                epoch: self.epoch,
+                position: self.position.ok_or_else(bad)?,
+            },
+            "replay" => Entry::Replay {
+                position: self.position.ok_or_else(bad)?,
+            },
+            "enable" => Entry::Enable,
+            "delete" => Entry::Delete,
+            _ => return Err(bad()),
+        })
+    }
 }
 
 impl Entry {

@@ -51,6 +51,8 @@ pub struct BlockRow {
 pub struct DepositRow {
     pub deposit: Deposit,
     pub stream_version: i32,
+    /// This batch's first event of the deposit: its `first_position` if the row is new.
+    pub first_position: i64,
     pub position: i64,
 }
 
@@ -117,11 +119,18 @@ pub fn fold(events: &[StoredEvent]) -> Result<Changes, String> {
                 let d: Deposit = serde_json::from_value(e.data.clone()).map_err(fail)?;
                 c.touched_accounts.insert(d.account_id);
                 let key = (d.txid.clone(), d.vout as i32);
+                // Whether events arrive one observation at a time (live) or thousands at
+                // once (a rebuild), the row must come out the same.
+                let first_position = c
+                    .deposits
+                    .get(&key)
+                    .map_or(e.position, |r| r.first_position);
                 c.deposits.insert(
                     key,
                     DepositRow {
                         deposit: d,
                         stream_version: e.stream_version,
+                        first_position,
                         position: e.position,
                     },
                 );
@@ -230,11 +239,11 @@ async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx
                                  block_height, credited, credit_confirmations, status, stream_version,
                                  first_position, last_position)
            SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                  credited, credit_confirmations, status, stream_version, position, position
+                  credited, credit_confirmations, status, stream_version, first_position, position
            FROM UNNEST($1::text[], $2::int[], $3::uuid[], $4::text[], $5::bigint[], $6::int[], $7::text[],
-                       $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[], $13::bigint[])
+                       $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[], $13::bigint[], $14::bigint[])
                 AS t(txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                     credited, credit_confirmations, status, stream_version, position)
+                     credited, credit_confirmations, status, stream_version, position, first_position)
            ON CONFLICT (txid, vout) DO UPDATE SET
                confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
                block_height = EXCLUDED.block_height, credited = EXCLUDED.credited,
@@ -253,6 +262,7 @@ async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx
         &col(&rows, |d| d.status.as_str().to_string()),
         &rows.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
         &rows.iter().map(|r| r.position).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.first_position).collect::<Vec<_>>(),
     )
     .execute(&mut *conn)
     .await?;

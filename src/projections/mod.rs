@@ -7,6 +7,7 @@
 pub mod cursors;
 mod fold;
 pub mod read;
+pub mod rebuild;
 
 use sqlx::{PgConnection, PgPool};
 
@@ -14,27 +15,89 @@ use crate::store::StoredEvent;
 
 pub use fold::{fold, Changes};
 
-/// The read-model definitions, in the order they are created.
-pub const DEFINITIONS: &[(&str, &str)] = &[
-    (
-        "0001_ledger",
-        include_str!("../../projections/0001_ledger.sql"),
-    ),
-    (
-        "0002_delivery",
-        include_str!("../../projections/0002_delivery.sql"),
-    ),
+/// Where a projection's facts come from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The event log, folded by [`apply`].
+    Log,
+    /// The `delivery_attempts` journal, folded by [`cursors::apply`].
+    DeliveryJournal,
+}
+
+/// A projection: one file of `projections/`, its tables (with the key that orders them)
+/// and its source. Its version is a hash of its SQL, so changing the file is what makes
+/// the service rebuild it.
+#[derive(Debug)]
+pub struct Definition {
+    pub name: &'static str,
+    pub sql: &'static str,
+    /// (table, key columns) in creation order.
+    pub tables: &'static [(&'static str, &'static [&'static str])],
+    pub source: Source,
+}
+
+impl Definition {
+    pub fn version(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(self.sql.as_bytes())[..8])
+    }
+
+    pub fn find(name: &str) -> Option<&'static Definition> {
+        DEFINITIONS.iter().find(|d| d.name == name)
+    }
+}
+
+/// Every projection, in the order they are created.
+pub const DEFINITIONS: &[Definition] = &[
+    Definition {
+        name: "ledger",
+        sql: include_str!("../../projections/0001_ledger.sql"),
+        tables: &[
+            ("projection_checkpoints", &["name"]),
+            ("accounts", &["account_id"]),
+            ("addresses", &["address"]),
+            ("chain_blocks", &["height"]),
+            ("chain_state", &["singleton"]),
+            ("deposits", &["txid", "vout"]),
+            ("balances", &["account_id"]),
+        ],
+        source: Source::Log,
+    },
+    Definition {
+        name: "subscriber_cursors",
+        sql: include_str!("../../projections/0002_delivery.sql"),
+        tables: &[("subscriber_cursors", &["subscriber_id"])],
+        source: Source::DeliveryJournal,
+    },
 ];
 
-/// Every projection this module maintains; each has a checkpoint row.
+/// The checkpoint names [`apply`] writes (the parts of the ledger projection).
 pub const NAMES: &[&str] = &["accounts", "addresses", "chain", "deposits", "balances"];
 
-/// Creates the projection tables that do not exist yet.
-pub async fn ensure_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
-    for (_, sql) in DEFINITIONS {
-        sqlx::raw_sql(sql).execute(pool).await?;
+/// Brings every projection to its current definition: a projection whose version differs
+/// from the one its live tables were built with, or whose tables are missing, is rebuilt
+/// from its source (and swapped in) before the service serves it.
+pub async fn ensure_tables(pool: &PgPool) -> anyhow::Result<()> {
+    // One instance at a time: others wait, then find everything current.
+    let mut guard = pool.acquire().await?;
+    sqlx::query!("SELECT pg_advisory_lock($1)", rebuild::STARTUP_LOCK)
+        .execute(&mut *guard)
+        .await?;
+    let result = async {
+        for def in DEFINITIONS {
+            if let Some(why) = rebuild::needs_rebuild(pool, def).await? {
+                tracing::info!(projection = def.name, version = %def.version(), why, "rebuilding the projection before serving it");
+                let report = rebuild::rebuild(pool, &[def], rebuild::Mode::Swap, false, &rebuild::Progress::Log).await?;
+                tracing::info!(projection = def.name, events = report.replayed, "projection rebuilt");
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", rebuild::STARTUP_LOCK)
+        .fetch_one(&mut *guard)
+        .await?;
+    result
 }
 
 /// Folds `events` (contiguous, in position order) into every projection.

@@ -9,7 +9,7 @@ pub mod notify;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::events::{self, NewEvent};
@@ -219,18 +219,18 @@ impl Columns {
 
 /// Up to `limit` events after `after`, in position order; `types` (already expanded to
 /// exact names) filters by type.
-pub async fn read_after(
-    pool: &PgPool,
+pub async fn read_after<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     after: i64,
     limit: i64,
     types: Option<&[String]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read_matching(pool, after, limit, types, None).await
+    read_matching(conn, after, limit, types, None).await
 }
 
 /// [`read_after`], also filtered to the events whose data names `account`.
-pub async fn read_matching(
-    pool: &PgPool,
+pub async fn read_matching<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     after: i64,
     limit: i64,
     types: Option<&[String]>,
@@ -250,14 +250,14 @@ pub async fn read_matching(
         limit,
         account
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
 /// The last committed position (0 for an empty log).
-pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!("SELECT position FROM log_head")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
 }
 

@@ -232,16 +232,20 @@ pub fn config(database_url: &str, node: &Node) -> Config {
 pub struct Service {
     pub base: String,
     pub http: reqwest::Client,
+    /// The database, for services started here.
+    pub database_url: Option<String>,
     running: Option<Running>,
 }
 
 impl Service {
     pub async fn start(cfg: Config) -> Service {
         init_tracing();
+        let database_url = Some(cfg.db.database_url.clone());
         let running = app::start(cfg).await.expect("service starts");
         Service {
             base: format!("http://{}", running.addr),
             http: reqwest::Client::new(),
+            database_url,
             running: Some(running),
         }
     }
@@ -251,6 +255,7 @@ impl Service {
         Service {
             base,
             http: reqwest::Client::new(),
+            database_url: None,
             running: None,
         }
     }
@@ -454,4 +459,34 @@ where
 
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chainledger"))
+}
+
+/// A thread paying `address` 0.1 BTC and mining a block, every `pause`, until stopped.
+pub struct Miner {
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Miner {
+    pub fn start(node: std::sync::Arc<Node>, address: &str, pause: Duration) -> Miner {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (flag, address) = (running.clone(), address.to_string());
+        let thread = std::thread::spawn(move || {
+            while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                node.send(&address, "0.1");
+                node.mine(1);
+                std::thread::sleep(pause);
+            }
+        });
+        Miner {
+            running,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
 }
