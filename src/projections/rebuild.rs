@@ -20,12 +20,13 @@ use uuid::Uuid;
 
 use super::cursors::{self, CursorState, JournalRow};
 use super::{Definition, Source};
-use crate::store;
+use crate::store::{self, StoredEvent};
+use futures::StreamExt;
 
 /// Serialises rebuilds: the service's start-up check and the operator's tool.
 pub const STARTUP_LOCK: i64 = 0x6368_6169_6e72_6562; // "chainreb"
 pub const SCHEMA: &str = "projections_rebuild";
-const PAGE: i64 = 5000;
+const PAGE: i64 = 20000;
 const SHOW_KEYS: usize = 20;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -145,7 +146,7 @@ pub async fn rebuild(
     ))
     .execute(&mut conn)
     .await?;
-    let result = rebuild_on(&mut conn, defs, mode, compare, progress).await;
+    let result = rebuild_on(pool, &mut conn, defs, mode, compare, progress).await;
     // Leave nothing behind (after a swap the schema is empty; after verify-only it holds
     // the rebuilt tables).
     let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
@@ -158,6 +159,7 @@ pub async fn rebuild(
 }
 
 async fn rebuild_on(
+    pool: &PgPool,
     conn: &mut PgConnection,
     defs: &[&Definition],
     mode: Mode,
@@ -184,7 +186,7 @@ async fn rebuild_on(
     let total = if from_log { head as u64 } else { 0 } + journal as u64;
     let meter = Meter::new(progress, total);
     if from_log {
-        report.replayed += replay_log(conn, 0, head, &meter).await?;
+        report.replayed += replay_log_pipelined(pool, conn, head, &meter).await?;
         let (mismatches, accounts) = check_balances(conn, head).await?;
         report.balance_mismatches = mismatches;
         report.balance_accounts = accounts;
@@ -273,6 +275,54 @@ fn is_deadlock(e: &anyhow::Error) -> bool {
         .and_then(|e| e.as_database_error())
         .and_then(|d| d.code())
         .is_some_and(|c| c == "40P01")
+}
+
+/// Folds events in (0, to] into the tables `search_path` finds first, while another
+/// connection streams the next pages from the log: reading and folding overlap.
+async fn replay_log_pipelined(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    to: i64,
+    meter: &Meter,
+) -> anyhow::Result<u64> {
+    let (pages, mut received) =
+        tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>, sqlx::Error>>(2);
+    let pool = pool.clone();
+    let reader = tokio::spawn(async move {
+        let mut read_conn = match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => return drop(pages.send(Err(e)).await),
+        };
+        let mut rows = std::pin::pin!(store::read_range(&mut read_conn, 0, to));
+        let mut page = Vec::with_capacity(PAGE as usize);
+        while let Some(row) = rows.next().await {
+            match row {
+                Ok(e) => {
+                    page.push(e);
+                    if page.len() == PAGE as usize
+                        && pages.send(Ok(std::mem::take(&mut page))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => return drop(pages.send(Err(e)).await),
+            }
+        }
+        if !page.is_empty() {
+            let _ = pages.send(Ok(page)).await;
+        }
+    });
+    let mut n = 0;
+    while let Some(page) = received.recv().await {
+        let page = page?;
+        let mut tx = conn.begin().await?;
+        super::apply(&mut tx, &page).await?;
+        tx.commit().await?;
+        n += page.len() as u64;
+        meter.add(page.len() as u64);
+    }
+    reader.await?;
+    Ok(n)
 }
 
 /// Folds events in (after, to] into the tables `search_path` finds first.

@@ -228,6 +228,23 @@ pub async fn read_after<'c>(
     read_matching(conn, after, limit, types, None).await
 }
 
+/// Every event in (after, to], streamed by one query (a rebuild's read).
+pub fn read_range<'c>(
+    conn: &'c mut PgConnection,
+    after: i64,
+    to: i64,
+) -> impl futures::Stream<Item = Result<StoredEvent, sqlx::Error>> + 'c {
+    sqlx::query_as!(
+        StoredEvent,
+        r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
+                  data, schema_version, metadata, prev_hash, hash
+           FROM events WHERE position > $1 AND position <= $2 ORDER BY position"#,
+        after,
+        to
+    )
+    .fetch(conn)
+}
+
 /// [`read_after`], also filtered to the events whose data names `account`.
 pub async fn read_matching<'c>(
     conn: impl sqlx::PgExecutor<'c>,
