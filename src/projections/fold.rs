@@ -144,8 +144,8 @@ pub fn fold(events: &[StoredEvent]) -> Result<Changes, String> {
 pub async fn write(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
     write_accounts(conn, c).await?;
     write_chain(conn, c).await?;
-    write_deposits(conn, c).await?;
-    write_balances(conn, c).await
+    write_balances(conn, c).await?;
+    write_deposits(conn, c).await
 }
 
 async fn write_accounts(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
@@ -229,26 +229,55 @@ async fn write_chain(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Upserts the deposits and moves each account's balance by the difference their new
+/// states make (new contribution minus old), in one statement: the cost follows the
+/// deposits a batch changes, not how many an account has. Where a deposit's amount counts:
+/// credited; else pending with 1+ confirmations; else unconfirmed when in the mempool or
+/// returned to it by a reorg.
 async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
     if c.deposits.is_empty() {
         return Ok(());
     }
     let rows: Vec<&DepositRow> = c.deposits.values().collect();
     sqlx::query!(
-        r#"INSERT INTO deposits (txid, vout, account_id, address, amount_sats, confirmations, block_hash,
-                                 block_height, credited, credit_confirmations, status, stream_version,
-                                 first_position, last_position)
-           SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                  credited, credit_confirmations, status, stream_version, first_position, position
-           FROM UNNEST($1::text[], $2::int[], $3::uuid[], $4::text[], $5::bigint[], $6::int[], $7::text[],
-                       $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[], $13::bigint[], $14::bigint[])
-                AS t(txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                     credited, credit_confirmations, status, stream_version, position, first_position)
-           ON CONFLICT (txid, vout) DO UPDATE SET
-               confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
-               block_height = EXCLUDED.block_height, credited = EXCLUDED.credited,
-               status = EXCLUDED.status, stream_version = EXCLUDED.stream_version,
-               last_position = EXCLUDED.last_position"#,
+        r#"WITH new AS (
+               SELECT * FROM UNNEST($1::text[], $2::int[], $3::uuid[], $4::text[], $5::bigint[], $6::int[],
+                                    $7::text[], $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[],
+                                    $13::bigint[], $14::bigint[])
+                   AS t(txid, vout, account_id, address, amount_sats, confirmations, block_hash,
+                        block_height, credited, credit_confirmations, status, stream_version, position,
+                        first_position)),
+           old AS (
+               SELECT d.account_id, d.amount_sats, d.confirmations, d.credited, d.status
+               FROM deposits d JOIN new USING (txid, vout)),
+           upsert AS (
+               INSERT INTO deposits (txid, vout, account_id, address, amount_sats, confirmations, block_hash,
+                                     block_height, credited, credit_confirmations, status, stream_version,
+                                     first_position, last_position)
+               SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
+                      credited, credit_confirmations, status, stream_version, first_position, position
+               FROM new
+               ON CONFLICT (txid, vout) DO UPDATE SET
+                   confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
+                   block_height = EXCLUDED.block_height, credited = EXCLUDED.credited,
+                   status = EXCLUDED.status, stream_version = EXCLUDED.stream_version,
+                   last_position = EXCLUDED.last_position),
+           contributions AS (
+               SELECT account_id, 1 AS sign, amount_sats, confirmations, credited, status FROM new
+               UNION ALL
+               SELECT account_id, -1, amount_sats, confirmations, credited, status FROM old),
+           delta AS (
+               SELECT account_id,
+                      sum(sign * amount_sats) FILTER (WHERE credited) AS credited,
+                      sum(sign * amount_sats) FILTER (WHERE NOT credited AND confirmations >= 1) AS pending,
+                      sum(sign * amount_sats) FILTER (WHERE confirmations = 0 AND status IN ('mempool', 'reorged')) AS unconfirmed
+               FROM contributions GROUP BY account_id)
+           INSERT INTO balances (account_id, credited_sats, pending_sats, unconfirmed_sats)
+           SELECT account_id, coalesce(credited, 0), coalesce(pending, 0), coalesce(unconfirmed, 0) FROM delta
+           ON CONFLICT (account_id) DO UPDATE SET
+               credited_sats = balances.credited_sats + EXCLUDED.credited_sats,
+               pending_sats = balances.pending_sats + EXCLUDED.pending_sats,
+               unconfirmed_sats = balances.unconfirmed_sats + EXCLUDED.unconfirmed_sats"#,
         &col(&rows, |d| d.txid.clone()),
         &col(&rows, |d| d.vout as i32),
         &col(&rows, |d| d.account_id),
@@ -273,22 +302,16 @@ fn col<T>(rows: &[&DepositRow], f: impl Fn(&Deposit) -> T) -> Vec<T> {
     rows.iter().map(|r| f(&r.deposit)).collect()
 }
 
-/// Balances are a pure aggregate of `deposits`, recomputed for the accounts a batch touched.
+/// Every account a batch touched has a balance row, zero until a deposit moves it
+/// ([`write_deposits`]).
 async fn write_balances(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
     if c.touched_accounts.is_empty() {
         return Ok(());
     }
     sqlx::query!(
-        r#"INSERT INTO balances (account_id, credited_sats, pending_sats, unconfirmed_sats)
-           SELECT a.id,
-                  coalesce(sum(d.amount_sats) FILTER (WHERE d.credited), 0)::bigint,
-                  coalesce(sum(d.amount_sats) FILTER (WHERE NOT d.credited AND d.confirmations >= 1), 0)::bigint,
-                  coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations = 0 AND d.status IN ('mempool', 'reorged')), 0)::bigint
-           FROM UNNEST($1::uuid[]) AS a(id)
-           LEFT JOIN deposits d ON d.account_id = a.id
-           GROUP BY a.id
-           ON CONFLICT (account_id) DO UPDATE SET credited_sats = EXCLUDED.credited_sats,
-               pending_sats = EXCLUDED.pending_sats, unconfirmed_sats = EXCLUDED.unconfirmed_sats"#,
+        "INSERT INTO balances (account_id, credited_sats, pending_sats, unconfirmed_sats)
+         SELECT id, 0, 0, 0 FROM UNNEST($1::uuid[]) AS a(id)
+         ON CONFLICT (account_id) DO NOTHING",
         &c.touched_accounts.iter().copied().collect::<Vec<_>>(),
     )
     .execute(&mut *conn)
