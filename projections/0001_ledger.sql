@@ -6,21 +6,27 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     position bigint NOT NULL
 );
 
--- account.created
+-- account.created, and for accounts with a descriptor address.watched (index) and
+-- address.handed_out: how far the derived addresses are watched and handed out.
 CREATE TABLE IF NOT EXISTS accounts (
     account_id           uuid     PRIMARY KEY,
     label                text     NOT NULL,
     credit_confirmations integer  NOT NULL,
     stream_version       integer  NOT NULL,
-    created_position     bigint   NOT NULL
+    created_position     bigint   NOT NULL,
+    descriptor           text,                       -- NULL: addresses are added one by one
+    lookahead            integer,
+    watched_to           integer  NOT NULL DEFAULT 0, -- indexes 0..watched_to are watched
+    handed_out           integer  NOT NULL DEFAULT 0  -- indexes 0..handed_out were handed out
 );
 
 -- address.watched
 CREATE TABLE IF NOT EXISTS addresses (
-    address        text   PRIMARY KEY,
-    account_id     uuid   NOT NULL,
-    script_pubkey  bytea  NOT NULL UNIQUE,
-    position       bigint NOT NULL
+    address          text    PRIMARY KEY,
+    account_id       uuid    NOT NULL,
+    script_pubkey    bytea   NOT NULL UNIQUE,
+    position         bigint  NOT NULL,
+    derivation_index integer                         -- for accounts with a descriptor
 );
 CREATE INDEX IF NOT EXISTS addresses_account ON addresses (account_id);
 CREATE INDEX IF NOT EXISTS addresses_position ON addresses (position);

@@ -88,6 +88,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         node.clone(),
         FollowerConfig {
             final_confirmations: cfg.final_confirmations,
+            network: cfg.network.bitcoin(),
             start_height: cfg.start_height,
             poll_interval: cfg.poll_interval(),
         },

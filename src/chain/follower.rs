@@ -16,6 +16,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+use super::lookahead;
 use super::mempool::MempoolWatcher;
 use super::node::Node;
 use super::watches::Watches;
@@ -37,6 +38,8 @@ pub struct FollowerStatus {
 #[derive(Clone, Debug)]
 pub struct FollowerConfig {
     pub final_confirmations: u32,
+    /// For deriving look-ahead addresses of descriptor accounts.
+    pub network: bitcoin::Network,
     pub start_height: Option<u32>,
     pub poll_interval: Duration,
 }
@@ -128,6 +131,7 @@ impl Follower {
                 &self.node,
                 &mut self.watches,
                 self.cfg.final_confirmations,
+                self.cfg.network,
             )
             .await
     }
@@ -297,7 +301,9 @@ impl Follower {
             ledger.connect_block(b, found);
         }
         ledger.settle(new_tip_height);
-        let events = ledger.into_events();
+        let mut events = ledger.into_events();
+        let window = lookahead::extend_for_deposits(&mut tx, &events, self.cfg.network).await?;
+        events.extend(window);
         let stored = store::append(&mut tx, &events).await?;
         projections::apply(&mut tx, &stored).await?;
         tx.commit()

@@ -25,6 +25,7 @@ impl MempoolWatcher {
         node: &Node,
         watches: &mut Watches,
         final_confirmations: u32,
+        network: bitcoin::Network,
     ) -> anyhow::Result<()> {
         if watches.refresh(&mut *pool.acquire().await?).await? {
             self.checked.clear();
@@ -55,7 +56,9 @@ impl MempoolWatcher {
                 json!({"source": "mempool"}),
             );
             ledger.seen_in_mempool(found);
-            let stored = store::append(&mut tx, &ledger.into_events()).await?;
+            let mut events = ledger.into_events();
+            events.extend(super::lookahead::extend_for_deposits(&mut tx, &events, network).await?);
+            let stored = store::append(&mut tx, &events).await?;
             projections::apply(&mut tx, &stored).await?;
             tx.commit().await?;
             if !stored.is_empty() {

@@ -1,8 +1,10 @@
 //! Following the node: [`node`] is the RPC client (blocking calls run off the async
 //! runtime), [`follower`] connects blocks and handles reorgs, [`mempool`] watches
-//! 0-confirmation deposits, [`watches`] is the set of scripts they match against.
+//! 0-confirmation deposits, [`watches`] is the set of scripts they match against,
+//! [`lookahead`] keeps descriptor accounts' derived addresses watched ahead of use.
 
 pub mod follower;
+pub mod lookahead;
 pub mod mempool;
 pub mod node;
 pub mod watches;

@@ -8,6 +8,7 @@ pub const SCHEMA_VERSION: i16 = 1;
 
 pub const ACCOUNT_CREATED: &str = "account.created";
 pub const ADDRESS_WATCHED: &str = "address.watched";
+pub const ADDRESS_HANDED_OUT: &str = "address.handed_out";
 pub const BLOCK_CONNECTED: &str = "block.connected";
 pub const BLOCK_DISCONNECTED: &str = "block.disconnected";
 pub const DEPOSIT_SEEN: &str = "deposit.seen";
@@ -23,6 +24,7 @@ pub const DEPOSIT_REPLACED: &str = "deposit.replaced";
 pub const ALL_TYPES: &[&str] = &[
     ACCOUNT_CREATED,
     ADDRESS_WATCHED,
+    ADDRESS_HANDED_OUT,
     BLOCK_CONNECTED,
     BLOCK_DISCONNECTED,
     DEPOSIT_SEEN,

@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod amount;
+pub mod descriptor;
 pub mod events;
 pub mod ledger;
 

@@ -12,6 +12,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path};
 use super::AppState;
+use crate::chain::lookahead;
+use crate::domain::descriptor::{AccountDescriptor, DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD};
 use crate::domain::events::{self, NewEvent};
 use crate::domain::{AddressError, Sats, WatchedAddress};
 use crate::{projections, store};
@@ -22,6 +24,15 @@ pub struct NewAccount {
     label: String,
     /// Defaults to CREDIT_CONFIRMATIONS; at most FINAL_CONFIRMATIONS.
     credit_confirmations: Option<u32>,
+    /// A BIP32 xpub/tpub: the account derives its addresses (with `derivation`, default
+    /// `0/*`, and `script_type`: p2pkh (default), p2wpkh, p2sh-p2wpkh, p2tr).
+    xpub: Option<String>,
+    derivation: Option<String>,
+    script_type: Option<String>,
+    /// An output descriptor with one wildcard, e.g. `wpkh(tpub…/0/*)` (instead of `xpub`).
+    descriptor: Option<String>,
+    /// Derived addresses watched past the highest handed out or paid (default 20).
+    lookahead: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -29,6 +40,10 @@ pub struct Account {
     id: Uuid,
     label: String,
     credit_confirmations: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    descriptor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lookahead: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -36,6 +51,13 @@ pub struct AccountWithAddresses {
     id: Uuid,
     label: String,
     credit_confirmations: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    descriptor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lookahead: Option<u32>,
+    /// Derived accounts: indexes below this were handed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handed_out: Option<u32>,
     addresses: Vec<String>,
 }
 
@@ -63,17 +85,70 @@ pub async fn create_account(
             ),
         ));
     }
+    let network = s.network.bitcoin();
+    let descriptor = match (&body.xpub, &body.descriptor) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "descriptor",
+                "give xpub or descriptor, not both",
+            ))
+        }
+        (Some(xpub), None) => Some(
+            AccountDescriptor::from_xpub(
+                xpub,
+                body.derivation.as_deref(),
+                body.script_type.as_deref(),
+                network,
+            )
+            .map_err(|e| ApiError::invalid_field("xpub", e))?,
+        ),
+        (None, Some(d)) => Some(
+            AccountDescriptor::parse(d, network)
+                .map_err(|e| ApiError::invalid_field("descriptor", e))?,
+        ),
+        (None, None) => {
+            if body.derivation.is_some() || body.script_type.is_some() || body.lookahead.is_some() {
+                return Err(ApiError::invalid_field(
+                    "xpub",
+                    "derivation, script_type and lookahead need an xpub or a descriptor",
+                ));
+            }
+            None
+        }
+    };
+    let lookahead = body.lookahead.unwrap_or(DEFAULT_LOOKAHEAD);
+    if !(1..=MAX_LOOKAHEAD).contains(&lookahead) {
+        return Err(ApiError::invalid_field(
+            "lookahead",
+            format!("must be between 1 and {MAX_LOOKAHEAD}"),
+        ));
+    }
     let id = Uuid::new_v4();
-    let event = NewEvent {
+    let mut data =
+        json!({"account_id": id, "label": label, "credit_confirmations": credit_confirmations});
+    let mut batch = Vec::new();
+    let metadata = json!({"source": "api"});
+    if let Some(d) = &descriptor {
+        data["descriptor"] = json!(d.canonical());
+        data["lookahead"] = json!(lookahead);
+    }
+    batch.push(NewEvent {
         stream: events::account_stream(id),
         expected_version: None,
         kind: events::ACCOUNT_CREATED,
-        data: json!({"account_id": id, "label": label, "credit_confirmations": credit_confirmations}),
-        metadata: json!({"source": "api"}),
-    };
+        data,
+        metadata: metadata.clone(),
+    });
+    if let Some(d) = &descriptor {
+        let (window, _) = lookahead::window_events(id, d, 0, lookahead as i32, 0, &metadata)
+            .map_err(|e| ApiError::invalid_field("descriptor", e))?;
+        batch.extend(window);
+    }
     let mut tx = s.pool.begin().await?;
-    let stored = store::append(&mut tx, &[event]).await?;
-    projections::apply(&mut tx, &stored).await?;
+    let stored = store::append(&mut tx, &batch).await?;
+    projections::apply(&mut tx, &stored)
+        .await
+        .map_err(address_taken)?;
     tx.commit().await?;
     tracing::info!(account_id = %id, "account created");
     Ok((
@@ -82,6 +157,8 @@ pub async fn create_account(
             id,
             label,
             credit_confirmations,
+            descriptor: descriptor.as_ref().map(|d| d.canonical()),
+            lookahead: descriptor.as_ref().map(|_| lookahead),
         }),
     ))
 }
@@ -90,6 +167,10 @@ struct AccountRow {
     label: String,
     credit_confirmations: i32,
     stream_version: i32,
+    descriptor: Option<String>,
+    lookahead: Option<i32>,
+    watched_to: i32,
+    handed_out: i32,
 }
 
 async fn find_account(
@@ -100,13 +181,19 @@ async fn find_account(
     let row = if lock {
         sqlx::query_as!(
             AccountRow,
-            "SELECT label, credit_confirmations, stream_version FROM accounts WHERE account_id = $1 FOR UPDATE",
+            "SELECT label, credit_confirmations, stream_version, descriptor, lookahead, watched_to, handed_out
+             FROM accounts WHERE account_id = $1 FOR UPDATE",
             id
         )
         .fetch_optional(&mut *conn)
         .await?
     } else {
-        sqlx::query_as!(AccountRow, "SELECT label, credit_confirmations, stream_version FROM accounts WHERE account_id = $1", id)
+        sqlx::query_as!(
+            AccountRow,
+            "SELECT label, credit_confirmations, stream_version, descriptor, lookahead, watched_to, handed_out
+             FROM accounts WHERE account_id = $1",
+            id
+        )
             .fetch_optional(&mut *conn)
             .await?
     };
@@ -131,6 +218,9 @@ pub async fn get_account(
         id,
         label: a.label,
         credit_confirmations: a.credit_confirmations as u32,
+        handed_out: a.descriptor.as_ref().map(|_| a.handed_out as u32),
+        descriptor: a.descriptor,
+        lookahead: a.lookahead.map(|l| l as u32),
         addresses,
     }))
 }
@@ -185,7 +275,10 @@ pub async fn balance(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAddress {
-    address: String,
+    /// The address to watch; or, for an account with a descriptor, `derive`.
+    address: Option<String>,
+    /// `true`: hand out the account's next unused derived address.
+    derive: Option<bool>,
     /// Scan blocks from this height for past deposits (not supported yet: 422).
     rescan_from_height: Option<u32>,
 }
@@ -195,6 +288,9 @@ pub struct WatchedAddressOut {
     address: String,
     account_id: Uuid,
     script_pubkey: String,
+    /// The derivation index, for derived addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u32>,
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/addresses", tag = "accounts", params(("id" = Uuid, Path)),
@@ -213,7 +309,23 @@ pub async fn add_address(
             "rescans are not supported yet",
         ));
     }
-    let parsed = parse_address(&s, &body.address)?;
+    let address = match (body.address.as_deref(), body.derive) {
+        (Some(_), Some(true)) => {
+            return Err(ApiError::invalid_field(
+                "derive",
+                "give address or derive, not both",
+            ))
+        }
+        (None, Some(true)) => return hand_out(&s, id).await,
+        (Some(a), _) => a,
+        (None, _) => {
+            return Err(ApiError::invalid_field(
+                "address",
+                "required (or \"derive\": true)",
+            ))
+        }
+    };
+    let parsed = parse_address(&s, address)?;
     let address = parsed.as_string();
     let script = parsed.script_pubkey();
     let mut tx = s.pool.begin().await?;
@@ -241,14 +353,9 @@ pub async fn add_address(
         metadata: json!({"source": "api"}),
     };
     let stored = store::append(&mut tx, &[event]).await?;
-    projections::apply(&mut tx, &stored).await.map_err(|e| {
-        match e.as_database_error().and_then(|d| d.constraint()) {
-            Some("addresses_pkey") | Some("addresses_script_pubkey_key") => {
-                ApiError::conflict("address_taken", format!("{address} is already watched"))
-            }
-            _ => e.into(),
-        }
-    })?;
+    projections::apply(&mut tx, &stored)
+        .await
+        .map_err(address_taken)?;
     tx.commit().await?;
     tracing::info!(account_id = %id, %address, "address watched");
     Ok((
@@ -257,8 +364,114 @@ pub async fn add_address(
             address,
             account_id: id,
             script_pubkey: script_hex,
+            index: None,
         }),
     ))
+}
+
+/// A unique-key violation on addresses: someone watches that address already.
+fn address_taken(e: sqlx::Error) -> ApiError {
+    match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("addresses_pkey") | Some("addresses_script_pubkey_key") => ApiError::conflict(
+            "address_taken",
+            "an address of this request is already watched (by another account)",
+        ),
+        _ => e.into(),
+    }
+}
+
+fn account_descriptor(s: &AppState, a: &AccountRow) -> Result<AccountDescriptor, ApiError> {
+    let d = a.descriptor.as_deref().ok_or_else(|| {
+        ApiError::invalid_field(
+            "derive",
+            "this account has no xpub or descriptor to derive from",
+        )
+    })?;
+    AccountDescriptor::parse(d, s.network.bitcoin())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored descriptor: {e}")))
+}
+
+/// `{"derive": true}`: the next index never handed out; its address is watched (the window
+/// moves `lookahead` past it) and `address.handed_out` records it.
+async fn hand_out(
+    s: &AppState,
+    id: Uuid,
+) -> Result<(StatusCode, axum::Json<WatchedAddressOut>), ApiError> {
+    let mut tx = s.pool.begin().await?;
+    let account = find_account(&mut tx, id, true).await?;
+    let descriptor = account_descriptor(s, &account)?;
+    let index = account.handed_out;
+    let derived = descriptor
+        .derive(index as u32)
+        .map_err(|e| ApiError::invalid_field("derive", e))?;
+    let metadata = json!({"source": "api"});
+    let need = index + 1 + account.lookahead.unwrap_or(DEFAULT_LOOKAHEAD as i32);
+    let (mut batch, version) = lookahead::window_events(
+        id,
+        &descriptor,
+        account.watched_to,
+        need,
+        account.stream_version,
+        &metadata,
+    )
+    .map_err(|e| ApiError::invalid_field("derive", e))?;
+    batch.push(NewEvent {
+        stream: events::account_stream(id),
+        expected_version: Some(version),
+        kind: events::ADDRESS_HANDED_OUT,
+        data: json!({"account_id": id, "address": derived.address, "index": index}),
+        metadata,
+    });
+    let stored = store::append(&mut tx, &batch).await?;
+    projections::apply(&mut tx, &stored)
+        .await
+        .map_err(address_taken)?;
+    tx.commit().await?;
+    tracing::info!(account_id = %id, index, address = %derived.address, "address handed out");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(WatchedAddressOut {
+            address: derived.address,
+            account_id: id,
+            script_pubkey: hex::encode(derived.script_pubkey.as_bytes()),
+            index: Some(index as u32),
+        }),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DerivedAddress {
+    account_id: Uuid,
+    index: u32,
+    address: String,
+    script_pubkey: String,
+    /// In the watched window.
+    watched: bool,
+    /// Handed out by `{"derive": true}`.
+    handed_out: bool,
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/addresses/{index}", tag = "accounts",
+    params(("id" = Uuid, Path), ("index" = u32, Path)),
+    responses((status = 200, body = DerivedAddress), (status = 404), (status = 422)), security(("bearer" = [])))]
+pub async fn derived_address(
+    State(s): State<AppState>,
+    Path((id, index)): Path<(Uuid, u32)>,
+) -> Result<axum::Json<DerivedAddress>, ApiError> {
+    let mut conn = s.pool.acquire().await?;
+    let account = find_account(&mut conn, id, false).await?;
+    let descriptor = account_descriptor(&s, &account)?;
+    let d = descriptor
+        .derive(index)
+        .map_err(|e| ApiError::invalid_field("index", e))?;
+    Ok(axum::Json(DerivedAddress {
+        account_id: id,
+        index,
+        address: d.address,
+        script_pubkey: hex::encode(d.script_pubkey.as_bytes()),
+        watched: (index as i64) < account.watched_to as i64,
+        handed_out: (index as i64) < account.handed_out as i64,
+    }))
 }
 
 fn parse_address(s: &AppState, address: &str) -> Result<WatchedAddress, ApiError> {

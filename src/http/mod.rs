@@ -72,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/accounts/{id}", get(accounts::get_account))
         .route("/accounts/{id}/balance", get(accounts::balance))
         .route("/accounts/{id}/addresses", post(accounts::add_address))
+        .route(
+            "/accounts/{id}/addresses/{index}",
+            get(accounts::derived_address),
+        )
         .route("/addresses/{address}", get(accounts::address_totals))
         .route("/deposits", get(deposits::list))
         .route("/deposits/{txid}/{vout}", get(deposits::get_one))

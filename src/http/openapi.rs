@@ -15,6 +15,7 @@ use super::{accounts, audit, deposits, events, status, stream, subscribers};
         accounts::get_account,
         accounts::balance,
         accounts::add_address,
+        accounts::derived_address,
         accounts::address_totals,
         deposits::list,
         deposits::get_one,

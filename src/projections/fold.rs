@@ -14,6 +14,8 @@ use crate::store::StoredEvent;
 pub struct Changes {
     pub accounts: Vec<AccountRow>,
     pub account_versions: BTreeMap<Uuid, i32>,
+    /// Derived accounts: (indexes watched below, indexes handed out below), the maxima.
+    pub account_progress: BTreeMap<Uuid, (i32, i32)>,
     pub addresses: Vec<AddressRow>,
     /// Height → the block now there, or `None` when it was disconnected.
     pub blocks: BTreeMap<i32, Option<BlockRow>>,
@@ -28,6 +30,8 @@ pub struct AccountRow {
     pub account_id: Uuid,
     pub label: String,
     pub credit_confirmations: i32,
+    pub descriptor: Option<String>,
+    pub lookahead: Option<i32>,
     pub position: i64,
 }
 
@@ -36,6 +40,7 @@ pub struct AddressRow {
     pub address: String,
     pub account_id: Uuid,
     pub script_pubkey: Vec<u8>,
+    pub index: Option<i32>,
     pub position: i64,
 }
 
@@ -61,6 +66,10 @@ struct AccountCreated {
     account_id: Uuid,
     label: String,
     credit_confirmations: i32,
+    #[serde(default)]
+    descriptor: Option<String>,
+    #[serde(default)]
+    lookahead: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +77,15 @@ struct AddressWatched {
     account_id: Uuid,
     address: String,
     script_pubkey: String,
+    /// The derivation index, for accounts with a descriptor.
+    #[serde(default)]
+    index: Option<i32>,
+}
+
+#[derive(Deserialize)]
+struct AddressHandedOut {
+    account_id: Uuid,
+    index: i32,
 }
 
 #[derive(Deserialize)]
@@ -89,19 +107,32 @@ pub fn fold(events: &[StoredEvent]) -> Result<Changes, String> {
                     account_id: a.account_id,
                     label: a.label,
                     credit_confirmations: a.credit_confirmations,
+                    descriptor: a.descriptor,
+                    lookahead: a.lookahead,
                     position: e.position,
                 });
             }
             ev::ADDRESS_WATCHED => {
                 let a: AddressWatched = serde_json::from_value(e.data.clone()).map_err(fail)?;
                 c.account_versions.insert(a.account_id, e.stream_version);
+                if let Some(i) = a.index {
+                    let p = c.account_progress.entry(a.account_id).or_default();
+                    p.0 = p.0.max(i + 1);
+                }
                 c.addresses.push(AddressRow {
                     address: a.address,
                     account_id: a.account_id,
                     script_pubkey: hex::decode(&a.script_pubkey)
                         .map_err(|x| format!("position {}: {x}", e.position))?,
+                    index: a.index,
                     position: e.position,
                 });
+            }
+            ev::ADDRESS_HANDED_OUT => {
+                let a: AddressHandedOut = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                c.account_versions.insert(a.account_id, e.stream_version);
+                let p = c.account_progress.entry(a.account_id).or_default();
+                p.1 = p.1.max(a.index + 1);
             }
             ev::BLOCK_CONNECTED => {
                 let b: BlockRow = serde_json::from_value(e.data.clone()).map_err(fail)?;
@@ -151,20 +182,24 @@ pub async fn write(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Err
 async fn write_accounts(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
     if !c.accounts.is_empty() {
         sqlx::query!(
-            "INSERT INTO accounts (account_id, label, credit_confirmations, stream_version, created_position)
-             SELECT id, label, cc, 0, pos FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[]) AS t(id, label, cc, pos)",
+            "INSERT INTO accounts (account_id, label, credit_confirmations, stream_version, created_position,
+                                   descriptor, lookahead)
+             SELECT id, label, cc, 0, pos, d, la
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::int[]) AS t(id, label, cc, pos, d, la)",
             &c.accounts.iter().map(|a| a.account_id).collect::<Vec<_>>(),
             &c.accounts.iter().map(|a| a.label.clone()).collect::<Vec<_>>(),
             &c.accounts.iter().map(|a| a.credit_confirmations).collect::<Vec<_>>(),
             &c.accounts.iter().map(|a| a.position).collect::<Vec<_>>(),
+            &c.accounts.iter().map(|a| a.descriptor.clone()).collect::<Vec<_>>() as &[Option<String>],
+            &c.accounts.iter().map(|a| a.lookahead).collect::<Vec<_>>() as &[Option<i32>],
         )
         .execute(&mut *conn)
         .await?;
     }
     if !c.addresses.is_empty() {
         sqlx::query!(
-            "INSERT INTO addresses (address, account_id, script_pubkey, position)
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bytea[], $4::bigint[])",
+            "INSERT INTO addresses (address, account_id, script_pubkey, position, derivation_index)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bytea[], $4::bigint[], $5::int[])",
             &c.addresses
                 .iter()
                 .map(|a| a.address.clone())
@@ -175,16 +210,27 @@ async fn write_accounts(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx
                 .map(|a| a.script_pubkey.clone())
                 .collect::<Vec<_>>(),
             &c.addresses.iter().map(|a| a.position).collect::<Vec<_>>(),
+            &c.addresses.iter().map(|a| a.index).collect::<Vec<_>>() as &[Option<i32>],
         )
         .execute(&mut *conn)
         .await?;
     }
     if !c.account_versions.is_empty() {
         sqlx::query!(
-            "UPDATE accounts SET stream_version = t.v FROM UNNEST($1::uuid[], $2::int[]) AS t(id, v)
+            "UPDATE accounts SET stream_version = t.v, watched_to = GREATEST(watched_to, t.w),
+                    handed_out = GREATEST(handed_out, t.h)
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[]) AS t(id, v, w, h)
              WHERE accounts.account_id = t.id",
             &c.account_versions.keys().copied().collect::<Vec<_>>(),
             &c.account_versions.values().copied().collect::<Vec<_>>(),
+            &c.account_versions
+                .keys()
+                .map(|id| c.account_progress.get(id).map_or(0, |p| p.0))
+                .collect::<Vec<_>>(),
+            &c.account_versions
+                .keys()
+                .map(|id| c.account_progress.get(id).map_or(0, |p| p.1))
+                .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)
         .await?;

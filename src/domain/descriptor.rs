@@ -1,0 +1,249 @@
+//! Accounts that derive their addresses: an output descriptor with one wildcard
+//! (`wpkh(tpub…/0/*)`, parsed and derived by the `miniscript` crate), or a BIP32 xpub/tpub
+//! with a derivation template and script type, which is turned into such a descriptor.
+
+use std::str::FromStr;
+
+use bitcoin::{Network, NetworkKind, ScriptBuf};
+use miniscript::descriptor::{Descriptor, DescriptorPublicKey, Wildcard};
+use miniscript::ForEachKey;
+
+/// Addresses watched beyond the highest one handed out or paid, by default.
+pub const DEFAULT_LOOKAHEAD: u32 = 20;
+pub const MAX_LOOKAHEAD: u32 = 1000;
+
+#[derive(Clone, Debug)]
+pub struct AccountDescriptor {
+    desc: Descriptor<DescriptorPublicKey>,
+    network: Network,
+}
+
+/// One derived address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derived {
+    pub index: u32,
+    pub address: String,
+    pub script_pubkey: ScriptBuf,
+}
+
+impl AccountDescriptor {
+    /// A descriptor with exactly one wildcard step, non-hardened, over keys of `network`;
+    /// a checksum (`#…`), when present, must be right.
+    pub fn parse(s: &str, network: Network) -> Result<Self, String> {
+        let desc = Descriptor::<DescriptorPublicKey>::from_str(s.trim())
+            .map_err(|e| format!("not a valid output descriptor: {e}"))?;
+        desc.sanity_check()
+            .map_err(|e| format!("not a sane descriptor: {e}"))?;
+        if desc.is_multipath() {
+            return Err("multipath descriptors (<0;1>) are not supported: give one path".into());
+        }
+        if !desc.has_wildcard() {
+            return Err("the descriptor has no wildcard (`/*`) to derive addresses from".into());
+        }
+        let want = NetworkKind::from(network);
+        let mut wrong = None;
+        let mut hardened = false;
+        desc.for_each_key(|k| {
+            if let DescriptorPublicKey::XPub(x) = k {
+                if x.xkey.network != want {
+                    wrong = Some(x.xkey.to_string());
+                }
+                hardened |= x.wildcard == Wildcard::Hardened
+                    || x.derivation_path.into_iter().any(|c| c.is_hardened());
+            }
+            true
+        });
+        if hardened {
+            return Err(
+                "hardened steps after a public key cannot be derived without the private key"
+                    .into(),
+            );
+        }
+        if let Some(key) = wrong {
+            return Err(format!(
+                "the key {}… is not for the {network} network (tpub for test networks, xpub for mainnet)",
+                &key[..12.min(key.len())]
+            ));
+        }
+        let this = AccountDescriptor { desc, network };
+        this.derive(0)?; // hardened wildcards and address-less scripts fail here
+        Ok(this)
+    }
+
+    /// An xpub/tpub with a derivation template (default `0/*`: the receive chain) and a
+    /// script type: `p2pkh` (default), `p2wpkh`, `p2sh-p2wpkh` or `p2tr`.
+    pub fn from_xpub(
+        xpub: &str,
+        template: Option<&str>,
+        script_type: Option<&str>,
+        network: Network,
+    ) -> Result<Self, String> {
+        let template = template.unwrap_or("0/*").trim().trim_start_matches("m/");
+        if template.is_empty()
+            || !template
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '/' || c == '*')
+            || template.matches('*').count() != 1
+            || !template.ends_with('*')
+        {
+            return Err(
+                "derivation: a non-hardened path ending in one wildcard, like 0/*".to_string(),
+            );
+        }
+        let key = format!("{}/{template}", xpub.trim());
+        let spec = match script_type.unwrap_or("p2pkh") {
+            "p2pkh" => format!("pkh({key})"),
+            "p2wpkh" => format!("wpkh({key})"),
+            "p2sh-p2wpkh" => format!("sh(wpkh({key}))"),
+            "p2tr" => format!("tr({key})"),
+            other => {
+                return Err(format!(
+                    "script_type: `{other}` is not one of p2pkh, p2wpkh, p2sh-p2wpkh, p2tr"
+                ))
+            }
+        };
+        Self::parse(&spec, network)
+    }
+
+    /// The canonical spelling, with its checksum.
+    pub fn canonical(&self) -> String {
+        self.desc.to_string()
+    }
+
+    pub fn derive(&self, index: u32) -> Result<Derived, String> {
+        if index >= 1 << 31 {
+            return Err(format!("index {index} is beyond the non-hardened range"));
+        }
+        let definite = self
+            .desc
+            .at_derivation_index(index)
+            .map_err(|e| format!("cannot derive index {index}: {e}"))?;
+        let address = definite
+            .address(self.network)
+            .map_err(|e| format!("the descriptor has no address form: {e}"))?;
+        Ok(Derived {
+            index,
+            address: address.to_string(),
+            script_pubkey: address.script_pubkey(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::bip32::{ChildNumber, Xpub};
+    use bitcoin::secp256k1::Secp256k1;
+    use bitcoin::{Address, CompressedPublicKey};
+
+    // BIP32 test vector 1: the public keys of m/0H/1/2H/2 and m/0H/1/2H/2/1000000000.
+    const PARENT: &str = "xpub6FHa3pjLCk84BayeJxFW2SP4XRrFd1JYnxeLeU8EqN3vDfZmbqBqaGJAyiLjTAwm6ZLRQUMv1ZACTj37sR62cfN7fe5JnJ7dh8zL4fiyLHV";
+    const CHILD: &str = "xpub6H1LXWLaKsWFhvm6RVpEL9P4KfRZSW7abD2ttkWP3SSQvnyA8FSVqNTEcYFgJS2UaFcxupHiYkro49S8yGasTvXEYBVPamhGW6cFJodrTHy";
+
+    #[test]
+    fn derives_what_the_bip32_vectors_and_the_bitcoin_crate_say() {
+        let child = Xpub::from_str(CHILD).unwrap();
+        let parent = Xpub::from_str(PARENT).unwrap();
+        let by_crate = parent
+            .derive_pub(
+                &Secp256k1::new(),
+                &[ChildNumber::from_normal_idx(1_000_000_000).unwrap()],
+            )
+            .unwrap();
+        assert_eq!(by_crate, child, "the bitcoin crate reproduces the vector");
+        let key = CompressedPublicKey(child.public_key);
+        for (script_type, expected) in [
+            ("p2pkh", Address::p2pkh(key, Network::Bitcoin)),
+            ("p2wpkh", Address::p2wpkh(&key, Network::Bitcoin)),
+            ("p2sh-p2wpkh", Address::p2shwpkh(&key, Network::Bitcoin)),
+        ] {
+            let d = AccountDescriptor::from_xpub(
+                PARENT,
+                Some("*"),
+                Some(script_type),
+                Network::Bitcoin,
+            )
+            .unwrap();
+            assert_eq!(
+                d.derive(1_000_000_000).unwrap().address,
+                expected.to_string(),
+                "{script_type}"
+            );
+        }
+        // The same through a descriptor string, and through a two-step template.
+        let d = AccountDescriptor::parse(&format!("wpkh({PARENT}/*)"), Network::Bitcoin).unwrap();
+        assert_eq!(
+            d.derive(1_000_000_000).unwrap().address,
+            Address::p2wpkh(&key, Network::Bitcoin).to_string()
+        );
+        assert!(
+            d.canonical().contains('#'),
+            "canonical form carries a checksum"
+        );
+        let grand = by_crate
+            .derive_pub(
+                &Secp256k1::new(),
+                &[
+                    ChildNumber::from_normal_idx(0).unwrap(),
+                    ChildNumber::from_normal_idx(5).unwrap(),
+                ],
+            )
+            .unwrap();
+        let d = AccountDescriptor::from_xpub(CHILD, Some("0/*"), None, Network::Bitcoin).unwrap();
+        assert_eq!(
+            d.derive(5).unwrap().address,
+            Address::p2pkh(CompressedPublicKey(grand.public_key), Network::Bitcoin).to_string()
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_derive_addresses_of_this_network() {
+        let err = |r: Result<AccountDescriptor, String>| r.unwrap_err();
+        assert!(err(AccountDescriptor::from_xpub(
+            PARENT,
+            None,
+            None,
+            Network::Regtest
+        ))
+        .contains("network"));
+        assert!(err(AccountDescriptor::parse(
+            &format!("wpkh({PARENT}/0)"),
+            Network::Bitcoin
+        ))
+        .contains("wildcard"));
+        assert!(err(AccountDescriptor::parse(
+            &format!("wpkh({PARENT}/*')"),
+            Network::Bitcoin
+        ))
+        .contains("hardened"));
+        assert!(
+            err(AccountDescriptor::parse("wpkh(nonsense)", Network::Bitcoin))
+                .contains("descriptor")
+        );
+        assert!(err(AccountDescriptor::from_xpub(
+            PARENT,
+            Some("0'/*"),
+            None,
+            Network::Bitcoin
+        ))
+        .starts_with("derivation"));
+        assert!(err(AccountDescriptor::from_xpub(
+            PARENT,
+            None,
+            Some("p2sh"),
+            Network::Bitcoin
+        ))
+        .starts_with("script_type"));
+        let good =
+            AccountDescriptor::parse(&format!("wpkh({PARENT}/*)"), Network::Bitcoin).unwrap();
+        let canonical = good.canonical();
+        let mut bad_sum = canonical.clone();
+        bad_sum.pop();
+        bad_sum.push(if canonical.ends_with('q') { 'p' } else { 'q' });
+        assert!(
+            AccountDescriptor::parse(&bad_sum, Network::Bitcoin).is_err(),
+            "checksum checked"
+        );
+        assert!(good.derive(1 << 31).is_err());
+    }
+}
