@@ -14,7 +14,8 @@
 //! and a fresh in-process service (`app::start`); S subscribers are created over the API
 //! with `start: now`; DELIVERIES / S events are appended in one transaction; the clock runs
 //! from that commit until every cursor has reached the head. The load generator runs again
-//! at the end: the spread of the two passes is the noise.
+//! at the end: the spread of the two passes is the noise. `BENCH_SHAPES="100x100,…"`
+//! (SUBSCRIBERSxWORKERS) replaces the default shapes 1x16, 10x16, 100x100, 100x16.
 //!
 //! `latency`: the service follows the regtest node with POLL_INTERVAL_MS; one subscriber
 //! with `types: block.connected`; an in-process receiver on its own thread and runtime
@@ -166,6 +167,25 @@ struct CpuSample {
     this: f64,
     postgres: f64,
     receiver: f64,
+    /// The whole machine (/proc/stat): busy and idle CPU seconds, all cores.
+    busy: f64,
+    idle: f64,
+}
+
+/// Busy and idle (idle + iowait) CPU seconds of the whole machine since boot.
+fn machine() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    ((all - idle) as f64 / 100.0, idle as f64 / 100.0)
 }
 
 impl std::ops::Sub for CpuSample {
@@ -175,6 +195,8 @@ impl std::ops::Sub for CpuSample {
             this: self.this - b.this,
             postgres: self.postgres - b.postgres,
             receiver: self.receiver - b.receiver,
+            busy: self.busy - b.busy,
+            idle: self.idle - b.idle,
         }
     }
 }
@@ -195,10 +217,13 @@ fn cpu_sample(postmaster: u32, receiver: u32) -> CpuSample {
             }
         }
     }
+    let (busy, idle) = machine();
     CpuSample {
         this: cpu("self").map_or(0.0, |(_, s)| s),
         postgres,
         receiver: cpu(&receiver.to_string()).map_or(0.0, |(_, s)| s),
+        busy,
+        idle,
     }
 }
 
@@ -365,6 +390,9 @@ struct Run {
     request_secs: f64,
     requests: f64,
     create_secs: f64,
+    /// Journal entries and the transactions that wrote them (distinct `recorded_at`, which
+    /// is the transaction's start time).
+    journal: (i64, i64),
 }
 
 async fn delivery_run(
@@ -445,6 +473,11 @@ async fn delivery_run(
     );
     let (received_after, _) = receiver.count().await?;
     running.shutdown().await;
+    let journal: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT recorded_at) FROM delivery_attempts WHERE kind = 'attempt'",
+    )
+    .fetch_one(&pool)
+    .await?;
     pool.close().await;
     Ok(Run {
         secs,
@@ -454,6 +487,7 @@ async fn delivery_run(
         request_secs: metrics_after.0 - metrics_before.0,
         requests: metrics_after.1 - metrics_before.1,
         create_secs,
+        journal,
     })
 }
 
@@ -480,24 +514,18 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         hash: Vec::new(),
     })?);
 
-    let shapes = [
-        Shape {
-            subscribers: 1,
-            workers: 16,
-        },
-        Shape {
-            subscribers: 10,
-            workers: 16,
-        },
-        Shape {
-            subscribers: 100,
-            workers: 100,
-        },
-        Shape {
-            subscribers: 100,
-            workers: 16,
-        },
-    ];
+    // BENCH_SHAPES="100x100,100x16" (SUBSCRIBERSxWORKERS) picks other shapes, e.g. to profile.
+    let shapes: Vec<Shape> = std::env::var("BENCH_SHAPES")
+        .unwrap_or_else(|_| "1x16,10x16,100x100,100x16".into())
+        .split(',')
+        .map(|s| {
+            let (a, b) = s.split_once('x').context("BENCH_SHAPES: SxW,…")?;
+            Ok(Shape {
+                subscribers: a.trim().parse()?,
+                workers: b.trim().parse()?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let levels = [1usize, 10, 100];
     let pg_admin = PgPool::connect(&std::env::var("PG_URL")?).await?;
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -541,17 +569,21 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         "Webhook body: {} bytes (a `deposit.seen` envelope); {cores} cores.\n",
         body.len()
     );
-    println!("| receiver capacity (load generator) | concurrency | requests/s (before / after the runs) | CPU s: load generator / receiver over {load_secs} s |");
+    println!("| receiver capacity (load generator) | concurrency | requests/s (before / after the runs) | CPU s: load generator / receiver / other processes / idle over {load_secs} s |");
     println!("|---|---:|---:|---:|");
     for (k, (c, rate, cpu)) in capacity.iter().enumerate() {
         println!(
-            "| reqwest, keep-alive, {c} request loops | {c} | {rate:.0} / {:.0} | {:.2} / {:.2} |",
-            capacity_after[k], cpu.this, cpu.receiver
+            "| reqwest, keep-alive, {c} request loops | {c} | {rate:.0} / {:.0} | {:.2} / {:.2} / {:.2} / {:.2} |",
+            capacity_after[k],
+            cpu.this,
+            cpu.receiver,
+            (cpu.busy - cpu.this - cpu.receiver - cpu.postgres).max(0.0),
+            cpu.idle
         );
     }
     println!();
-    println!("| subscribers | WEBHOOK_WORKERS | events each | deliveries | seconds | deliveries/s | of receiver capacity | HTTP request time per delivery ms | creating the subscribers s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| subscribers | WEBHOOK_WORKERS | events each | deliveries | seconds | deliveries/s | of receiver capacity | HTTP request time per delivery ms | journal entries per transaction | creating the subscribers s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (shape, run) in shapes.iter().zip(&runs) {
         let conc = shape.subscribers.min(shape.workers as usize);
         let k = levels
@@ -561,7 +593,7 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         let cap = capacity[k].1.max(capacity_after[k]);
         let rate = run.delivered as f64 / run.secs;
         println!(
-            "| {} | {} | {} | {}{} | {:.2} | {rate:.0} | {:.2} (of {cap:.0}, concurrency {}) | {:.2} | {:.2} |",
+            "| {} | {} | {} | {}{} | {:.2} | {rate:.0} | {:.2} (of {cap:.0}, concurrency {}) | {:.2} | {:.1} | {:.2} |",
             shape.subscribers,
             shape.workers,
             total / shape.subscribers,
@@ -575,23 +607,30 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
             rate / cap,
             levels[k],
             1000.0 * run.request_secs / run.requests.max(1.0),
+            run.journal.0 as f64 / run.journal.1.max(1) as f64,
             run.create_secs,
         );
     }
     println!();
-    println!("| CPU during delivery (s, share of wall time × {cores} cores) | service (this process) | PostgreSQL | receiver | idle |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| CPU during delivery (s, share of wall time × {cores} cores) | service (this process) | PostgreSQL | receiver | other processes | idle | µs of CPU per delivery (service / PostgreSQL / receiver) |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
     for (shape, run) in shapes.iter().zip(&runs) {
         let wall = run.secs * cores as f64;
         let pct = |s: f64| format!("{s:.2} ({:.0}%)", 100.0 * s / wall);
+        let ours = run.cpu.this + run.cpu.postgres + run.cpu.receiver;
+        let us = |s: f64| 1e6 * s / run.delivered.max(1) as f64;
         println!(
-            "| {} subscribers, {} workers | {} | {} | {} | {:.0}% |",
+            "| {} subscribers, {} workers | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} |",
             shape.subscribers,
             shape.workers,
             pct(run.cpu.this),
             pct(run.cpu.postgres),
             pct(run.cpu.receiver),
-            100.0 * (1.0 - (run.cpu.this + run.cpu.postgres + run.cpu.receiver) / wall)
+            pct((run.cpu.busy - ours).max(0.0)),
+            pct(run.cpu.idle),
+            us(run.cpu.this),
+            us(run.cpu.postgres),
+            us(run.cpu.receiver),
         );
     }
     Ok(())
