@@ -437,11 +437,12 @@ async fn delivery_run(
         &chainledger::metrics::render(),
         "chainledger_webhook_request_seconds",
     );
-    let cpu_before = cpu_sample(postmaster, receiver.pid());
     let mut tx = pool.begin().await?;
     store::append(&mut tx, &batch).await?;
     tx.commit().await?;
+    // The clock and the CPU counters start at the commit (not before the append).
     let started = Instant::now();
+    let cpu_before = cpu_sample(postmaster, receiver.pid());
     let head = store::head(&pool).await?;
     loop {
         let behind: i64 = sqlx::query_scalar(
