@@ -14,7 +14,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Connects, retrying once a second; the error names the (redacted) URL and the last cause.
 /// `max_connections` must cover the connections held for long (the follower's leader
-/// lock, the event listener, one per webhook worker) plus the HTTP handlers' share.
+/// lock, the event listener, one per webhook worker, the webhook journal writer) plus the HTTP handlers' share.
 pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
     let attempts = args.database_connect_retries.max(1);
     let mut last = None;

@@ -9,7 +9,8 @@
 //! - A worker holds the subscriber's lease (a session advisory lock) while it delivers, so
 //!   two service instances never deliver one subscriber concurrently.
 //! - [`Recorder`] group-commits the journal entries of all workers: one transaction per
-//!   batch, each worker waiting for its own entry before the next request.
+//!   batch, each worker waiting for its own entry before the next request; it keeps one
+//!   connection for itself.
 
 pub mod schedule;
 pub mod sign;
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Executor, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use uuid::Uuid;
 
@@ -88,16 +90,11 @@ impl Recorder {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            let mut held = None;
             while rx.recv_many(&mut batch, 512).await > 0 {
                 let entries: Vec<(Uuid, Entry)> =
                     batch.iter().map(|(id, e, _)| (*id, e.clone())).collect();
-                let result = async {
-                    let mut tx = pool.begin().await?;
-                    let states = cursors::record(&mut tx, &entries).await?;
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(states)
-                };
-                match result.await {
+                match write_batch(&pool, &mut held, &entries).await {
                     Ok(states) => {
                         for ((_, _, reply), state) in batch.drain(..).zip(states) {
                             let _ = reply.send(Ok(state));
@@ -125,6 +122,46 @@ impl Recorder {
             .await
             .map_err(|_| "the journal writer stopped".to_string())?
     }
+}
+
+/// One batch of journal entries in one transaction, on the writer's own connection: kept
+/// between batches because every pool acquire first pings the connection (sqlx's
+/// `test_before_acquire`), a round trip per batch, which with one or a few subscribers is
+/// one of six per delivery. A held connection that fails to begin (closed while idle) is
+/// replaced once, as the ping would have done; after any later error the connection's
+/// state is unknown, so it is closed rather than returned to the pool.
+async fn write_batch(
+    pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
+    entries: &[(Uuid, Entry)],
+) -> Result<Vec<CursorState>, sqlx::Error> {
+    let reused = held.is_some();
+    let mut conn = match held.take() {
+        Some(conn) => conn,
+        None => pool.acquire().await?,
+    };
+    if let Err(e) = conn.execute("BEGIN").await {
+        drop(conn.detach());
+        if !reused {
+            return Err(e);
+        }
+        tracing::debug!(error = %e, "the journal writer's connection failed; a new one");
+        conn = pool.acquire().await?;
+        conn.execute("BEGIN").await?;
+    }
+    let states = match cursors::record(&mut conn, entries).await {
+        Ok(states) => states,
+        Err(e) => {
+            drop(conn.detach());
+            return Err(e);
+        }
+    };
+    if let Err(e) = conn.execute("COMMIT").await {
+        drop(conn.detach());
+        return Err(e);
+    }
+    *held = Some(conn);
+    Ok(states)
 }
 
 /// Finds due subscribers and runs their workers.
