@@ -28,7 +28,7 @@ use bitcoin::{
 };
 use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
-use chainledger::config::{Config, DatabaseArgs, NetworkName};
+use chainledger::config::Config;
 use chainledger::domain::events::{self, NewEvent};
 use chainledger::{projections, store};
 use serde_json::{json, Value};
@@ -339,31 +339,11 @@ async fn watch(url: &str, addresses: &[Address]) -> anyhow::Result<f64> {
 }
 
 fn config(url: &str, rpc: &Rpc, start_height: u32) -> Config {
-    Config {
-        db: DatabaseArgs {
-            database_url: url.to_string(),
-            database_connect_retries: 5,
-        },
-        bitcoind_rpc_url: rpc.url.clone(),
-        bitcoind_rpc_user: Some(rpc.user.clone()),
-        bitcoind_rpc_password: Some(rpc.password.clone()),
-        bitcoind_rpc_cookie: None,
-        network: NetworkName::Regtest,
-        listen_addr: "127.0.0.1:0".parse().expect("an address"),
-        api_token: Some(TOKEN.to_string()),
-        credit_confirmations: 3,
-        final_confirmations: 15,
-        poll_interval_ms: 100,
-        start_height: Some(start_height),
-        webhook_retry_schedule: chainledger::delivery::Schedule::parse(
-            chainledger::delivery::schedule::DEFAULT,
-        )
-        .expect("the default schedule parses"),
-        webhook_timeout_ms: 15_000,
-        webhook_allow_nets: Vec::new(),
-        webhook_workers: 16,
-        cors_allow_origins: Vec::new(),
-    }
+    let mut cfg = Config::with_defaults(url, &rpc.url, &rpc.user, &rpc.password, TOKEN);
+    cfg.listen_addr = "127.0.0.1:0".parse().expect("an address");
+    cfg.poll_interval_ms = 100;
+    cfg.start_height = Some(start_height);
+    cfg
 }
 
 fn node_flavour(rpc: &Rpc) -> anyhow::Result<bool> {

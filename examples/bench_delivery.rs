@@ -34,7 +34,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Address, Network, PubkeyHash};
 use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
-use chainledger::config::{Config, DatabaseArgs, NetworkName};
+use chainledger::config::Config;
 use chainledger::domain::events::NewEvent;
 use chainledger::store::{self, StoredEvent};
 use rand::Rng;
@@ -92,30 +92,14 @@ impl Rpc {
 }
 
 fn config(url: &str, rpc: &Rpc, start_height: u32, workers: u32, poll_ms: u64) -> Config {
-    Config {
-        db: DatabaseArgs {
-            database_url: url.to_string(),
-            database_connect_retries: 5,
-        },
-        bitcoind_rpc_url: rpc.url.clone(),
-        bitcoind_rpc_user: Some(rpc.user.clone()),
-        bitcoind_rpc_password: Some(rpc.password.clone()),
-        bitcoind_rpc_cookie: None,
-        network: NetworkName::Regtest,
-        listen_addr: "127.0.0.1:0".parse().expect("an address"),
-        api_token: Some(TOKEN.to_string()),
-        credit_confirmations: 3,
-        final_confirmations: 15,
-        poll_interval_ms: poll_ms,
-        start_height: Some(start_height),
-        webhook_retry_schedule: chainledger::delivery::Schedule::parse(
-            chainledger::delivery::schedule::DEFAULT,
-        )
-        .expect("the default schedule parses"),
-        webhook_timeout_ms: 15_000,
-        webhook_allow_nets: vec!["127.0.0.0/8".parse().expect("a net")],
-        webhook_workers: workers,
-    }
+    let mut cfg = Config::with_defaults(url, &rpc.url, &rpc.user, &rpc.password, TOKEN);
+    cfg.listen_addr = "127.0.0.1:0".parse().expect("an address");
+    cfg.poll_interval_ms = poll_ms;
+    cfg.start_height = Some(start_height);
+    cfg.webhook_workers = workers;
+    cfg.webhook_allow_nets =
+        chainledger::delivery::Guard::parse_nets("127.0.0.0/8").expect("a range");
+    cfg
 }
 
 /// A new database on the server at `PG_URL`.

@@ -221,6 +221,36 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl Config {
+    /// `serve`'s settings as its command line would give them with only these set (the
+    /// environment still applies, as for the binary): for tests, benchmarks and embedding.
+    pub fn with_defaults(
+        database_url: &str,
+        rpc_url: &str,
+        rpc_user: &str,
+        rpc_password: &str,
+        api_token: &str,
+    ) -> Config {
+        let cli = Cli::try_parse_from([
+            "chainledger",
+            "serve",
+            "--database-url",
+            database_url,
+            "--bitcoind-rpc-url",
+            rpc_url,
+            "--bitcoind-rpc-user",
+            rpc_user,
+            "--bitcoind-rpc-password",
+            rpc_password,
+            "--api-token",
+            api_token,
+        ])
+        .unwrap_or_else(|e| panic!("the defaults parse: {e}"));
+        match cli.command {
+            Command::Serve(cfg) => *cfg,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }

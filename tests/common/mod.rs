@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
 use chainledger::app::{self, Running};
-use chainledger::config::{Config, DatabaseArgs, NetworkName};
+use chainledger::config::Config;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -205,28 +205,16 @@ impl Drop for Node {
 
 /// Service settings for tests: fast polling, finality at 6 to keep scenarios short.
 pub fn config(database_url: &str, node: &Node) -> Config {
-    Config {
-        db: DatabaseArgs {
-            database_url: database_url.to_string(),
-            database_connect_retries: 5,
-        },
-        bitcoind_rpc_url: node.url.clone(),
-        bitcoind_rpc_user: Some(node.user.clone()),
-        bitcoind_rpc_password: Some(node.password.clone()),
-        bitcoind_rpc_cookie: None,
-        network: NetworkName::Regtest,
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        api_token: Some(TOKEN.to_string()),
-        credit_confirmations: 3,
-        final_confirmations: 6,
-        poll_interval_ms: 100,
-        start_height: None,
-        webhook_retry_schedule: chainledger::delivery::Schedule::parse("0s,200ms,400ms").unwrap(),
-        webhook_timeout_ms: 2000,
-        webhook_allow_nets: chainledger::delivery::Guard::parse_nets("127.0.0.0/8").unwrap(),
-        webhook_workers: 8,
-        cors_allow_origins: Vec::new(),
-    }
+    let mut cfg = Config::with_defaults(database_url, &node.url, &node.user, &node.password, TOKEN);
+    cfg.db.database_connect_retries = 5;
+    cfg.listen_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.final_confirmations = 6;
+    cfg.poll_interval_ms = 100;
+    cfg.webhook_retry_schedule = chainledger::delivery::Schedule::parse("0s,200ms,400ms").unwrap();
+    cfg.webhook_timeout_ms = 2000;
+    cfg.webhook_allow_nets = chainledger::delivery::Guard::parse_nets("127.0.0.0/8").unwrap();
+    cfg.webhook_workers = 8;
+    cfg
 }
 
 pub struct Service {
