@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         wake_delivery: Arc::default(),
         shutdown: never_stop.subscribe(),
         cors_allow_origins: Vec::new(),
+        wake_rescans: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::chain::follower::FollowerConfig;
 use crate::chain::node::Credentials;
+use crate::chain::rescan::Rescanner;
 use crate::chain::{Follower, FollowerStatus, Node};
 use crate::config::Config;
 use crate::db;
@@ -96,6 +97,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let follower_task = tokio::spawn(follower.run(stopped.clone()));
 
+    let wake_rescans = Arc::new(Notify::new());
+    let rescanner = Rescanner {
+        pool: pool.clone(),
+        node: node.clone(),
+        final_confirmations: cfg.final_confirmations,
+        wake: wake_rescans.clone(),
+    };
+    let rescan_task = tokio::spawn(rescanner.run(stopped.clone()));
+
     let delivery = cfg.delivery();
     let wake = Arc::new(Notify::new());
     let dispatcher = Dispatcher::new(pool.clone(), log.clone(), delivery.clone(), wake.clone())
@@ -115,6 +125,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         wake_delivery: wake,
         shutdown: stopped.clone(),
         cors_allow_origins: cfg.cors_allow_origins.clone(),
+        wake_rescans,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
         .await
@@ -136,6 +147,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         stop,
-        tasks: vec![follower_task, dispatcher_task, server],
+        tasks: vec![follower_task, rescan_task, dispatcher_task, server],
     })
 }

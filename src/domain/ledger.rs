@@ -206,6 +206,12 @@ impl Ledger {
             events::BLOCK_CONNECTED,
             json!({"height": block.height, "hash": block.hash, "prev_hash": block.prev_hash, "time": block.time}),
         );
+        self.found_in_block(block, found);
+    }
+
+    /// Outputs found in a block of the active chain — connected now, or an older one a
+    /// rescan reads (no chain event then). Deposits already known there are left alone.
+    pub fn found_in_block(&mut self, block: &BlockRef, found: Vec<FoundOutput>) {
         for out in found {
             let key = (out.txid.clone(), out.vout);
             match self.deposits.get_mut(&key) {

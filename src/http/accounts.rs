@@ -279,8 +279,16 @@ pub struct NewAddress {
     address: Option<String>,
     /// `true`: hand out the account's next unused derived address.
     derive: Option<bool>,
-    /// Scan blocks from this height for past deposits (not supported yet: 422).
+    /// Also read past blocks from this height (up to the synced tip) for deposits to the
+    /// address, in the background; progress in `GET /v1/status`.
     rescan_from_height: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RescanStarted {
+    id: i64,
+    from_height: u32,
+    to_height: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -291,6 +299,9 @@ pub struct WatchedAddressOut {
     /// The derivation index, for derived addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<u32>,
+    /// The rescan started for `rescan_from_height`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rescan: Option<RescanStarted>,
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/addresses", tag = "accounts", params(("id" = Uuid, Path)),
@@ -303,10 +314,10 @@ pub async fn add_address(
     Path(id): Path<Uuid>,
     Json(body): Json<NewAddress>,
 ) -> Result<(StatusCode, axum::Json<WatchedAddressOut>), ApiError> {
-    if body.rescan_from_height.is_some() {
+    if body.rescan_from_height.is_some() && body.derive == Some(true) {
         return Err(ApiError::invalid_field(
             "rescan_from_height",
-            "rescans are not supported yet",
+            "rescans are for an address given here, not a derived one",
         ));
     }
     let address = match (body.address.as_deref(), body.derive) {
@@ -356,8 +367,45 @@ pub async fn add_address(
     projections::apply(&mut tx, &stored)
         .await
         .map_err(address_taken)?;
+    let rescan = match body.rescan_from_height {
+        None => None,
+        Some(from) => {
+            // Under the log lock the append took: the follower handles every block after
+            // this tip with the address watched; the rescan reads the ones up to it.
+            let tip = sqlx::query_scalar!("SELECT max(height) FROM chain_blocks")
+                .fetch_one(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid_field("rescan_from_height", "no block is synced yet")
+                })? as u32;
+            if from > tip {
+                return Err(ApiError::invalid_field(
+                    "rescan_from_height",
+                    format!("above the synced tip ({tip}); later blocks are followed anyway"),
+                ));
+            }
+            let rescan_id = sqlx::query_scalar!(
+                "INSERT INTO rescans (account_id, address, from_height, to_height, next_height, status)
+                 VALUES ($1, $2, $3, $4, $3, 'running') RETURNING rescan_id",
+                id,
+                address,
+                from as i32,
+                tip as i32
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            Some(RescanStarted {
+                id: rescan_id,
+                from_height: from,
+                to_height: tip,
+            })
+        }
+    };
     tx.commit().await?;
-    tracing::info!(account_id = %id, %address, "address watched");
+    if rescan.is_some() {
+        s.wake_rescans.notify_one();
+    }
+    tracing::info!(account_id = %id, %address, rescan = ?rescan.as_ref().map(|r| r.id), "address watched");
     Ok((
         StatusCode::CREATED,
         axum::Json(WatchedAddressOut {
@@ -365,6 +413,7 @@ pub async fn add_address(
             account_id: id,
             script_pubkey: script_hex,
             index: None,
+            rescan,
         }),
     ))
 }
@@ -435,6 +484,7 @@ async fn hand_out(
             account_id: id,
             script_pubkey: hex::encode(derived.script_pubkey.as_bytes()),
             index: Some(index as u32),
+            rescan: None,
         }),
     ))
 }

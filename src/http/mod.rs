@@ -45,6 +45,8 @@ pub struct AppState {
     pub webhook_guard: Arc<crate::delivery::Guard>,
     /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).
     pub wake_delivery: Arc<tokio::sync::Notify>,
+    /// Tells the rescanner a rescan was requested.
+    pub wake_rescans: Arc<tokio::sync::Notify>,
     /// Origins allowed cross-origin (CORS); empty: no CORS headers.
     pub cors_allow_origins: Vec<axum::http::HeaderValue>,
     /// Becomes true at shutdown: open streams and long polls end so the server can stop.

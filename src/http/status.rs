@@ -56,11 +56,39 @@ pub struct Status {
     /// Whether this instance holds the chain leader lock.
     leader: bool,
     last_error: Option<String>,
+    /// Rescans running, and the last ten finished.
+    rescans: Vec<Rescan>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Rescan {
+    id: i64,
+    account_id: uuid::Uuid,
+    address: String,
+    from_height: i32,
+    to_height: i32,
+    /// The next block to read.
+    next_height: i32,
+    /// running, done or failed.
+    status: String,
+    error: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = Status)), security(("bearer" = [])))]
 pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
     let known = |v: i64| (v >= 0).then_some(v);
+    let rescans = sqlx::query_as!(
+            Rescan,
+            r#"(SELECT rescan_id AS "id!", account_id AS "account_id!", address AS "address!",
+                       from_height AS "from_height!", to_height AS "to_height!",
+                       next_height AS "next_height!", status AS "status!", error
+                FROM rescans WHERE status = 'running')
+               UNION ALL
+               (SELECT rescan_id, account_id, address, from_height, to_height, next_height, status, error
+                FROM rescans WHERE status <> 'running' ORDER BY rescan_id DESC LIMIT 10)"#
+        )
+        .fetch_all(&s.pool)
+        .await?;
     Ok(Json(Status {
         network: s.network.as_str(),
         node_tip: known(s.follower.node_tip.load(Ordering::Relaxed)),
@@ -69,6 +97,7 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
             .map(|b| i64::from(b.height)),
         last_position: store::head(&s.pool).await?,
         leader: s.follower.leader.load(Ordering::Relaxed),
+        rescans,
         last_error: s.follower.last_error.lock().expect("not poisoned").clone(),
     }))
 }

@@ -1,0 +1,283 @@
+//! Rescans: reading past blocks for an address watched with `rescan_from_height`, in the
+//! background, appending the deposits found there with their real confirmation counts.
+//!
+//! The boundary with the live follower is exact: the rescan's last height is the synced
+//! tip read in the transaction that watched the address, and every block after it is
+//! processed by the follower with the address already watched. Each block with a find is
+//! one short transaction under the log lock (the follower is never held for long); the
+//! block must still be the stored chain's block at that height, else it is fetched again.
+//! Deposits already known are left alone (and expected versions refuse any duplicate).
+//! Progress is stored in `rescans`, so a restart resumes; a session advisory lock per
+//! rescan keeps two instances from running the same one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitcoin::{Block, ScriptBuf};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+
+use super::node::Node;
+use crate::domain::ledger::{BlockRef, FoundOutput, Ledger, Watch};
+use crate::domain::Sats;
+use crate::{projections, store};
+
+/// Key space of the rescan locks (two-key advisory locks): "rsc".
+const LOCK_CLASS: i32 = 0x0072_7363;
+/// Progress is written at least this often while nothing is found.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Rescanner {
+    pub pool: PgPool,
+    pub node: Node,
+    pub final_confirmations: u32,
+    pub wake: Arc<Notify>,
+}
+
+struct Job {
+    id: i64,
+    watch: Watch,
+    script: ScriptBuf,
+    next: u32,
+    to: u32,
+}
+
+enum Outcome {
+    Done,
+    /// Stopped (shutdown) or the stored chain is behind this height for now.
+    Paused,
+}
+
+impl Rescanner {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.round(&stop).await {
+                tracing::warn!(error = format!("{e:#}"), "rescan round failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn round(&self, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
+        let ids = sqlx::query_scalar!(
+            "SELECT rescan_id FROM rescans WHERE status = 'running' ORDER BY rescan_id"
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for id in ids {
+            let mut lease = self.pool.acquire().await?;
+            let got =
+                sqlx::query_scalar!("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, id as i32)
+                    .fetch_one(&mut *lease)
+                    .await?;
+            if got != Some(true) {
+                continue; // another instance runs it
+            }
+            let result = self.run_job(id, stop).await;
+            if let Err(e) = &result {
+                tracing::warn!(
+                    rescan = id,
+                    error = format!("{e:#}"),
+                    "rescan failed; marked failed"
+                );
+                sqlx::query!(
+                    "UPDATE rescans SET status = 'failed', error = $2, updated_at = now() WHERE rescan_id = $1",
+                    id,
+                    format!("{e:#}")
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+            let _ = sqlx::query_scalar!("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, id as i32)
+                .fetch_one(&mut *lease)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: i64) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query!(
+            "SELECT r.account_id, r.address, r.next_height, r.to_height, r.status, a.script_pubkey,
+                    acc.credit_confirmations
+             FROM rescans r JOIN addresses a USING (address) JOIN accounts acc ON acc.account_id = r.account_id
+             WHERE r.rescan_id = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.filter(|r| r.status == "running").map(|r| Job {
+            id,
+            watch: Watch {
+                account_id: r.account_id,
+                address: r.address,
+                credit_confirmations: r.credit_confirmations as u32,
+            },
+            script: ScriptBuf::from_bytes(r.script_pubkey),
+            next: r.next_height as u32,
+            to: r.to_height as u32,
+        }))
+    }
+
+    async fn run_job(&self, id: i64, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Some(mut job) = self.load(id).await? else {
+            return Ok(());
+        };
+        tracing::info!(rescan = id, address = %job.watch.address, from = job.next, to = job.to, "rescanning");
+        let started = Instant::now();
+        let mut saved = Instant::now();
+        while job.next <= job.to {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let height = job.next;
+            let (b, block) = self.fetch(height).await?;
+            let found = scan(&block, &job);
+            if !found.is_empty() {
+                match self.record(&job, &b, found).await? {
+                    Outcome::Done => saved = Instant::now(),
+                    Outcome::Paused => return Ok(()),
+                }
+            } else if saved.elapsed() >= PROGRESS_EVERY {
+                self.progress(id, height + 1).await?;
+                saved = Instant::now();
+            }
+            job.next = height + 1;
+        }
+        sqlx::query!(
+            "UPDATE rescans SET next_height = $2, status = 'done', updated_at = now() WHERE rescan_id = $1",
+            id,
+            job.next as i32
+        )
+        .execute(&self.pool)
+        .await?;
+        tracing::info!(
+            rescan = id,
+            seconds = started.elapsed().as_secs_f64(),
+            "rescan done"
+        );
+        Ok(())
+    }
+
+    async fn progress(&self, id: i64, next: u32) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE rescans SET next_height = $2, updated_at = now() WHERE rescan_id = $1",
+            id,
+            next as i32
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fetch(&self, height: u32) -> anyhow::Result<(BlockRef, Block)> {
+        let hash = self
+            .node
+            .block_hash(height)
+            .await?
+            .with_context(|| format!("the node has no block at height {height}"))?;
+        let block = self.node.block(hash).await?;
+        Ok((
+            BlockRef {
+                height,
+                hash: hash.to_string(),
+                prev_hash: block.header.prev_blockhash.to_string(),
+                time: block.header.time,
+            },
+            block,
+        ))
+    }
+
+    /// The finds of one block, as one observation: its deposits settled against the
+    /// stored tip, appended with the rescan's progress.
+    async fn record(
+        &self,
+        job: &Job,
+        b: &BlockRef,
+        found: Vec<FoundOutput>,
+    ) -> anyhow::Result<Outcome> {
+        let mut tx = self.pool.begin().await?;
+        store::lock(&mut tx).await?;
+        let stored = sqlx::query_scalar!(
+            "SELECT hash FROM chain_blocks WHERE height = $1",
+            b.height as i32
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let tip = sqlx::query_scalar!("SELECT max(height) FROM chain_blocks")
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(tip) = tip.filter(|t| *t as u32 >= b.height) else {
+            return Ok(Outcome::Paused); // the stored chain is below this height after a reorg
+        };
+        if stored.as_ref().is_some_and(|h| *h != b.hash) {
+            // A reorg replaced this block since we fetched it: read the height again.
+            tracing::info!(
+                rescan = job.id,
+                height = b.height,
+                "block replaced during the rescan; fetching it again"
+            );
+            drop(tx);
+            let (b, block) = self.fetch(b.height).await?;
+            let found = scan(&block, job);
+            return Box::pin(self.record(job, &b, found)).await;
+        }
+        let txids: Vec<String> = found.iter().map(|f| f.txid.clone()).collect();
+        let loaded = projections::read::deposits_for_observation(&mut tx, &[], &txids).await?;
+        let mut ledger = Ledger::new(
+            self.final_confirmations,
+            None,
+            loaded,
+            json!({"source": "rescan", "rescan_id": job.id, "height": b.height, "block_hash": b.hash}),
+        );
+        ledger.found_in_block(b, found);
+        ledger.settle(tip as u32);
+        let events = ledger.into_events();
+        let stored = store::append(&mut tx, &events).await?;
+        projections::apply(&mut tx, &stored).await?;
+        sqlx::query!(
+            "UPDATE rescans SET next_height = $2, updated_at = now() WHERE rescan_id = $1",
+            job.id,
+            b.height as i32 + 1
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if !stored.is_empty() {
+            tracing::info!(
+                rescan = job.id,
+                height = b.height,
+                events = stored.len(),
+                "rescan found deposits"
+            );
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+fn scan(block: &Block, job: &Job) -> Vec<FoundOutput> {
+    let mut found = Vec::new();
+    for t in &block.txdata {
+        let mut txid = None;
+        for (vout, out) in t.output.iter().enumerate() {
+            if out.script_pubkey == job.script {
+                let txid = *txid.get_or_insert_with(|| t.compute_txid());
+                found.push(FoundOutput {
+                    txid: txid.to_string(),
+                    vout: vout as u32,
+                    value: Sats::from(out.value),
+                    watch: job.watch.clone(),
+                });
+            }
+        }
+    }
+    found
+}
