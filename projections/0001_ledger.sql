@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS deposits (
     stream_version       integer  NOT NULL,
     first_position       bigint   NOT NULL,
     last_position        bigint   NOT NULL,
+    inputs               text     NOT NULL DEFAULT '', -- outpoints its tx spends, comma-separated
     PRIMARY KEY (txid, vout)
 ) WITH (fillfactor = 70);  -- room for HOT updates: open deposits change every block
 CREATE INDEX IF NOT EXISTS deposits_open ON deposits (status) WHERE status NOT IN ('final', 'dropped', 'replaced');

@@ -90,6 +90,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         FollowerConfig {
             final_confirmations: cfg.final_confirmations,
             network: cfg.network.bitcoin(),
+            drop_grace: std::time::Duration::from_secs(cfg.mempool_drop_grace_secs),
             start_height: cfg.start_height,
             poll_interval: cfg.poll_interval(),
         },

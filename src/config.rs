@@ -178,6 +178,10 @@ pub struct Config {
     /// How often the node is polled for new blocks and mempool changes.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
+    /// Seconds a 0-confirmation deposit may be missing from the node's mempool, unmined,
+    /// before it is `deposit.dropped`.
+    #[arg(long, env = "MEMPOOL_DROP_GRACE_SECS", default_value_t = 600)]
+    pub mempool_drop_grace_secs: u64,
     /// Height a new database starts following at; default: the node's tip.
     #[arg(long, env = "START_HEIGHT")]
     pub start_height: Option<u32>,
@@ -312,6 +316,7 @@ impl fmt::Debug for Config {
             .field("final_confirmations", &self.final_confirmations)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("start_height", &self.start_height)
+            .field("mempool_drop_grace_secs", &self.mempool_drop_grace_secs)
             .field(
                 "webhook_retry_schedule",
                 &self.webhook_retry_schedule.delays,

@@ -61,6 +61,15 @@ async fn wait_delivered(r: &Receiver, expected: &[i64]) {
     assert_eq!(r.delivered(), expected);
 }
 
+/// Waits until the subscriber's cursor reached `position`: the receiver has the last
+/// event a moment before its attempt is journaled.
+async fn caught_up(svc: &Service, id: &str, position: i64) {
+    eventually(Duration::from_secs(10), || async {
+        (subscriber(svc, id).await["cursor"].as_i64() >= Some(position)).then_some(())
+    })
+    .await;
+}
+
 async fn subscriber(svc: &Service, id: &str) -> Value {
     let (status, s) = svc.get(&format!("/v1/subscribers/{id}")).await;
     assert_eq!(status, 200, "{s}");
@@ -93,6 +102,7 @@ async fn signatures_verify_with_the_reference_implementation_and_break_on_one_ch
         assert!(err.contains("WebhookVerificationError"), "{err}");
     }
     // The secret is shown once.
+    caught_up(&svc, &id, head).await;
     let s = subscriber(&svc, &id).await;
     assert!(s.get("secret").is_none(), "{s}");
     assert_eq!(
@@ -124,6 +134,7 @@ async fn a_receiver_failing_its_first_attempts_gets_every_event_in_order() {
         got[1].at - got[0].at >= Duration::from_millis(900),
         "Retry-After: 1 is honoured over the 200 ms schedule"
     );
+    caught_up(&svc, &id, head).await;
     let (status, d) = svc.get(&format!("/v1/subscribers/{id}/deliveries")).await;
     assert_eq!(status, 200, "{d}");
     let attempts: Vec<(i64, i64, String, Option<i64>)> = d["deliveries"]
@@ -178,7 +189,11 @@ async fn hanging_and_failing_receivers_delay_only_their_own_subscribers() {
         .await;
     }
     assert_eq!(healthy.delivered(), expected);
-    assert_eq!(subscriber(&svc, &ok_id).await["lag"], 0);
+    // The receiver has answered; the cursor commits a moment later.
+    eventually(Duration::from_secs(5), || async {
+        (subscriber(&svc, &ok_id).await["lag"] == 0).then_some(())
+    })
+    .await;
     assert!(failing.delivered().is_empty() && hanging.delivered().is_empty());
     let failing_sub = subscriber(&svc, &fail_id).await;
     assert_eq!(failing_sub["cursor"].as_i64(), Some(expected[0] - 1));
@@ -244,6 +259,7 @@ async fn replay_redelivers_from_a_position_and_start_beginning_gets_the_history(
     })
     .await;
     assert!(none.received().is_empty());
+    caught_up(&svc, &later_id, head).await;
     assert_eq!(subscriber(&svc, &later_id).await["lag"], 0);
 
     // Bad input names the field.

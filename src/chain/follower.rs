@@ -40,6 +40,9 @@ pub struct FollowerConfig {
     pub final_confirmations: u32,
     /// For deriving look-ahead addresses of descriptor accounts.
     pub network: bitcoin::Network,
+    /// How long a mempool deposit may be missing from the mempool, unmined, before it is
+    /// `deposit.dropped`.
+    pub drop_grace: Duration,
     pub start_height: Option<u32>,
     pub poll_interval: Duration,
 }
@@ -132,6 +135,7 @@ impl Follower {
                 &mut self.watches,
                 self.cfg.final_confirmations,
                 self.cfg.network,
+                self.cfg.drop_grace,
             )
             .await
     }
@@ -297,8 +301,9 @@ impl Follower {
         for b in &disconnect {
             ledger.disconnect_block(b);
         }
-        for ((b, _), found) in connect.iter().zip(found_per_block) {
+        for ((b, block), found) in connect.iter().zip(found_per_block) {
             ledger.connect_block(b, found);
+            record_spends(&mut ledger, block);
         }
         ledger.settle(new_tip_height);
         let mut events = ledger.into_events();
@@ -321,6 +326,28 @@ impl Follower {
             None => load_tip(&self.pool).await?,
         };
         Ok(())
+    }
+}
+
+/// Transactions of `block` spending what an unconfirmed deposit's transaction spent: that
+/// deposit is replaced (a double spend mined instead, maybe on a reorg's new branch).
+fn record_spends(ledger: &mut Ledger, block: &Block) {
+    let watched: std::collections::HashSet<bitcoin::OutPoint> = ledger
+        .unconfirmed_inputs()
+        .iter()
+        .filter_map(|(op, _)| op.parse().ok())
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    for t in block.txdata.iter().filter(|t| !t.is_coinbase()) {
+        let mut txid = None;
+        for input in &t.input {
+            if watched.contains(&input.previous_output) {
+                let spender = txid.get_or_insert_with(|| t.compute_txid().to_string());
+                ledger.spent(spender, &input.previous_output.to_string());
+            }
+        }
     }
 }
 

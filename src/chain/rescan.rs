@@ -275,6 +275,7 @@ fn scan(block: &Block, job: &Job) -> Vec<FoundOutput> {
                     vout: vout as u32,
                     value: Sats::from(out.value),
                     watch: job.watch.clone(),
+                    inputs: super::watches::inputs_of(t),
                 });
             }
         }

@@ -56,8 +56,20 @@ impl Watches {
                     vout: vout as u32,
                     value: Sats::from(out.value),
                     watch: watch.clone(),
+                    inputs: inputs_of(tx),
                 });
             }
         }
     }
+}
+
+/// The outpoints `tx` spends, as `txid:vout` (none for a coinbase).
+pub fn inputs_of(tx: &Transaction) -> Vec<String> {
+    if tx.is_coinbase() {
+        return Vec::new();
+    }
+    tx.input
+        .iter()
+        .map(|i| format!("{}:{}", i.previous_output.txid, i.previous_output.vout))
+        .collect()
 }

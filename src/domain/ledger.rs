@@ -46,6 +46,11 @@ impl DepositStatus {
         serde_json::from_value(Value::String(s.to_string())).ok()
     }
 
+    /// In the mempool, or put back there by a reorg: replaceable, droppable.
+    pub fn is_unconfirmed(self) -> bool {
+        matches!(self, DepositStatus::Mempool | DepositStatus::Reorged)
+    }
+
     /// Statuses the follower keeps re-evaluating every block.
     pub const OPEN: [&'static str; 4] = ["mempool", "confirming", "credited", "reorged"];
 }
@@ -65,6 +70,10 @@ pub struct Deposit {
     pub credited: bool,
     pub credit_confirmations: u32,
     pub status: DepositStatus,
+    /// The outpoints (`txid:vout`) its transaction spends: a transaction spending any of
+    /// them instead replaces it.
+    #[serde(default)]
+    pub inputs: Vec<String>,
 }
 
 /// A deposit as stored, with the last version of its stream (-1: no event yet).
@@ -89,6 +98,8 @@ pub struct FoundOutput {
     pub vout: u32,
     pub value: Sats,
     pub watch: Watch,
+    /// The outpoints the transaction spends (`txid:vout`).
+    pub inputs: Vec<String>,
 }
 
 /// A block as the chain stream records it.
@@ -325,6 +336,64 @@ impl Ledger {
         self.fresh.clear();
     }
 
+    /// The outpoints spent by deposits not (or no longer) in a block: a transaction
+    /// spending one of them, other than the deposit's own, replaces the deposit.
+    pub fn unconfirmed_inputs(&self) -> Vec<(String, Key)> {
+        self.deposits
+            .iter()
+            .filter(|(_, t)| t.deposit.block_hash.is_none() && t.deposit.status.is_unconfirmed())
+            .flat_map(|(k, t)| t.deposit.inputs.iter().map(move |i| (i.clone(), k.clone())))
+            .collect()
+    }
+
+    /// Transaction `spender` (in a block, or in the mempool as a replacement) spends
+    /// `outpoint`: every unconfirmed deposit whose transaction spent it is `deposit.replaced`
+    /// (after `deposit.reorged` when a reorg put it back first).
+    pub fn spent(&mut self, spender: &str, outpoint: &str) {
+        let hit: Vec<Key> = self
+            .deposits
+            .iter()
+            .filter(|(_, t)| {
+                t.deposit.txid != spender
+                    && t.deposit.block_hash.is_none()
+                    && t.deposit.status.is_unconfirmed()
+                    && t.deposit.inputs.iter().any(|i| i == outpoint)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in hit {
+            let t = self.deposits.get_mut(&key).expect("key from the map");
+            let was_credited = t.deposit.credited;
+            t.deposit.status = DepositStatus::Replaced;
+            t.deposit.confirmations = 0;
+            t.deposit.credited = false;
+            if was_credited {
+                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            }
+            self.emit(
+                &key,
+                events::DEPOSIT_REPLACED,
+                Some(("replaced_by", Value::String(spender.to_string()))),
+            );
+            self.fresh.remove(&key);
+        }
+    }
+
+    /// Deposits whose transaction left the mempool unmined (past the grace period):
+    /// `deposit.dropped`.
+    pub fn dropped(&mut self, keys: &[(String, u32)]) {
+        for key in keys {
+            let Some(t) = self.deposits.get_mut(key) else {
+                continue;
+            };
+            if t.deposit.block_hash.is_some() || !t.deposit.status.is_unconfirmed() {
+                continue;
+            }
+            t.deposit.status = DepositStatus::Dropped;
+            self.emit(key, events::DEPOSIT_DROPPED, None);
+        }
+    }
+
     pub fn into_events(self) -> Vec<NewEvent> {
         self.events
     }
@@ -344,6 +413,7 @@ fn new_deposit(out: FoundOutput, status: DepositStatus) -> Deposit {
         credited: false,
         credit_confirmations: out.watch.credit_confirmations,
         status,
+        inputs: out.inputs,
     }
 }
 
@@ -361,6 +431,7 @@ mod tests {
 
     fn out(txid: &str) -> FoundOutput {
         FoundOutput {
+            inputs: vec![format!("{txid}ff:0")],
             txid: txid.into(),
             vout: 0,
             value: Sats(150_000_000),
@@ -422,6 +493,29 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_conflicting_spend_replaces_only_unconfirmed_deposits_and_drops_are_final() {
+        let mut sim = Sim::new();
+        sim.observe(|l| l.seen_in_mempool(vec![out("aa"), out("bb")]));
+        // The deposit's own transaction spending its input is no conflict.
+        assert!(sim.observe(|l| l.spent("aa", "aaff:0")).is_empty());
+        assert_eq!(
+            sim.observe(|l| l.spent("cc", "aaff:0")),
+            vec![("deposit.replaced", 0, false)]
+        );
+        assert_eq!(sim.log.last().unwrap().data["replaced_by"], "cc");
+        assert_eq!(
+            sim.observe(|l| l.dropped(&[("bb".into(), 0), ("aa".into(), 0)])),
+            vec![("deposit.dropped", 0, false)],
+            "a replaced deposit is not dropped as well"
+        );
+        // Once in a block, a deposit is not replaceable by a mempool spend.
+        sim.observe(|l| l.seen_in_mempool(vec![out("dd")]));
+        sim.block(101, "a", vec![out("dd")]);
+        assert!(sim.observe(|l| l.spent("ee", "ddff:0")).is_empty());
+        assert!(sim.observe(|l| l.dropped(&[("dd".into(), 0)])).is_empty());
     }
 
     #[test]

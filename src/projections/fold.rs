@@ -289,19 +289,19 @@ async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx
         r#"WITH new AS (
                SELECT * FROM UNNEST($1::text[], $2::int[], $3::uuid[], $4::text[], $5::bigint[], $6::int[],
                                     $7::text[], $8::int[], $9::bool[], $10::int[], $11::text[], $12::int[],
-                                    $13::bigint[], $14::bigint[])
+                                    $13::bigint[], $14::bigint[], $15::text[])
                    AS t(txid, vout, account_id, address, amount_sats, confirmations, block_hash,
                         block_height, credited, credit_confirmations, status, stream_version, position,
-                        first_position)),
+                        first_position, inputs)),
            old AS (
                SELECT d.account_id, d.amount_sats, d.confirmations, d.credited, d.status
                FROM deposits d JOIN new USING (txid, vout)),
            upsert AS (
                INSERT INTO deposits (txid, vout, account_id, address, amount_sats, confirmations, block_hash,
                                      block_height, credited, credit_confirmations, status, stream_version,
-                                     first_position, last_position)
+                                     first_position, last_position, inputs)
                SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                      credited, credit_confirmations, status, stream_version, first_position, position
+                      credited, credit_confirmations, status, stream_version, first_position, position, inputs
                FROM new
                ON CONFLICT (txid, vout) DO UPDATE SET
                    confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
@@ -338,6 +338,7 @@ async fn write_deposits(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx
         &rows.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
         &rows.iter().map(|r| r.position).collect::<Vec<_>>(),
         &rows.iter().map(|r| r.first_position).collect::<Vec<_>>(),
+        &col(&rows, |d| d.inputs.join(",")),
     )
     .execute(&mut *conn)
     .await?;

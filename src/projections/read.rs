@@ -19,6 +19,8 @@ struct Row {
     credit_confirmations: i32,
     status: String,
     stream_version: i32,
+    /// Comma-separated outpoints.
+    inputs: String,
 }
 
 impl Row {
@@ -38,6 +40,12 @@ impl Row {
                 credited: self.credited,
                 credit_confirmations: self.credit_confirmations as u32,
                 status: DepositStatus::parse(&self.status).unwrap_or(DepositStatus::Mempool),
+                inputs: self
+                    .inputs
+                    .split(',')
+                    .filter(|i| !i.is_empty())
+                    .map(String::from)
+                    .collect(),
             },
             version: self.stream_version,
         }
@@ -55,7 +63,7 @@ pub async fn deposits_for_observation(
     let rows = sqlx::query_as!(
         Row,
         "SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                credited, credit_confirmations, status, stream_version
+                credited, credit_confirmations, status, stream_version, inputs
          FROM deposits
          WHERE status = ANY($1) OR block_hash = ANY($2) OR txid = ANY($3)",
         &open,
@@ -67,6 +75,29 @@ pub async fn deposits_for_observation(
     Ok(rows.into_iter().map(Row::into_tracked).collect())
 }
 
+/// Deposits in the mempool or put back there by a reorg: (txid, vout, inputs).
+pub async fn unconfirmed_deposits(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(String, u32, Vec<String>)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT txid, vout, inputs FROM deposits WHERE status IN ('mempool', 'reorged')"
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let inputs = r
+                .inputs
+                .split(',')
+                .filter(|i| !i.is_empty())
+                .map(String::from)
+                .collect();
+            (r.txid, r.vout as u32, inputs)
+        })
+        .collect())
+}
+
 pub async fn deposit(
     conn: &mut PgConnection,
     txid: &str,
@@ -75,7 +106,7 @@ pub async fn deposit(
     let row = sqlx::query_as!(
         Row,
         "SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                credited, credit_confirmations, status, stream_version
+                credited, credit_confirmations, status, stream_version, inputs
          FROM deposits WHERE txid = $1 AND vout = $2",
         txid,
         vout
@@ -95,7 +126,7 @@ pub async fn deposits(
     let rows = sqlx::query_as!(
         Row,
         "SELECT txid, vout, account_id, address, amount_sats, confirmations, block_hash, block_height,
-                credited, credit_confirmations, status, stream_version
+                credited, credit_confirmations, status, stream_version, inputs
          FROM deposits
          WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::text IS NULL OR address = $2)
          ORDER BY first_position DESC

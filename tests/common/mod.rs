@@ -93,6 +93,13 @@ pub struct Node {
 impl Node {
     /// A new regtest node with 101 blocks mined to its wallet, so it can pay.
     pub fn start() -> Node {
+        let node = Node::start_unmined();
+        node.mine(101);
+        node
+    }
+
+    /// A new regtest node with nothing mined (to receive another node's blocks).
+    pub fn start_unmined() -> Node {
         let dir = scratch(&format!("node-{}", Uuid::new_v4().simple()));
         let line = tool(&["node", "start", dir.to_str().unwrap()]);
         let mut parts = line.split_whitespace().map(str::to_string);
@@ -113,16 +120,68 @@ impl Node {
             .as_str()
             .unwrap_or_default()
             .contains("SV");
-        let node = Node {
+        Node {
             dir,
             url,
             user,
             password,
             rpc,
             core,
+        }
+    }
+
+    /// Gives `other` this node's blocks `from..=to` (`submitblock`): the two nodes never
+    /// connect, so each can then mine its own branch.
+    pub fn copy_blocks_to(&self, other: &Node, from: u64, to: u64) {
+        for height in from..=to {
+            let hash = self.block_hash(height);
+            let raw: String = self.call("getblock", &[json!(hash), json!(0)]);
+            let result: Value = other.call("submitblock", &[json!(raw)]);
+            assert!(
+                result.is_null() || result == "duplicate" || result == "inconclusive",
+                "submitblock at {height}: {result}"
+            );
+        }
+    }
+
+    /// Spends `coin` (txid, vout, BTC amount, scriptPubKey hex) held by `wif` to `to`,
+    /// signed by this node with that key, and broadcasts it here; returns the txid.
+    pub fn spend_with_key(
+        &self,
+        coin: &(String, u32, f64, String),
+        wif: &str,
+        to: &str,
+        btc: f64,
+    ) -> String {
+        let inputs = json!([{"txid": coin.0, "vout": coin.1}]);
+        let raw: String = self.call("createrawtransaction", &[inputs, json!({ to: btc })]);
+        let prev =
+            json!([{"txid": coin.0, "vout": coin.1, "scriptPubKey": coin.3, "amount": coin.2}]);
+        let signed: Value = if self.core {
+            self.call(
+                "signrawtransactionwithkey",
+                &[json!(raw), json!([wif]), prev],
+            )
+        } else {
+            self.call("signrawtransaction", &[json!(raw), prev, json!([wif])])
         };
-        node.mine(101);
-        node
+        assert_eq!(signed["complete"], true, "{signed}");
+        self.call("sendrawtransaction", &[signed["hex"].clone()])
+    }
+
+    /// A coin of `btc` paid by this node's wallet to a key only the test holds, mined:
+    /// (coin, WIF).
+    pub fn coin_for_key(&self, btc: f64) -> ((String, u32, f64, String), String) {
+        use bitcoin::secp256k1::Secp256k1;
+        let key = bitcoin::PrivateKey::generate(bitcoin::NetworkKind::Test);
+        let public =
+            bitcoin::CompressedPublicKey::from_private_key(&Secp256k1::new(), &key).unwrap();
+        let address = bitcoin::Address::p2pkh(public, bitcoin::Network::Regtest);
+        let txid: String = self.call("sendtoaddress", &[json!(address.to_string()), json!(btc)]);
+        self.mine(1);
+        let vout = self.vout_paying(&txid, &address.to_string());
+        let spk = hex::encode(address.script_pubkey().as_bytes());
+        ((txid, vout, btc, spk), key.to_wif())
     }
 
     pub fn call<T: serde::de::DeserializeOwned>(&self, method: &str, params: &[Value]) -> T {
