@@ -17,6 +17,17 @@ async fn stream_events(svc: &Service, txid: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The service on `a`, synced, with an account watching a fresh address of `a`'s wallet:
+/// (service, account, address).
+async fn watching(a: &Node) -> (Service, String, String) {
+    let db = fresh_database().await;
+    let svc = Service::start(config(&db, a)).await;
+    svc.synced_to(a.height()).await;
+    let w = a.new_address("legacy");
+    let account = svc.account_watching(&w).await;
+    (svc, account, w)
+}
+
 async fn wait_for(svc: &Service, txid: &str, kind: &str) -> Vec<Value> {
     eventually(Duration::from_secs(20), || async {
         let events = stream_events(svc, txid).await;
@@ -31,11 +42,7 @@ async fn a_mempool_deposit_double_spent_by_a_mined_transaction_is_replaced() {
     let b = Node::start_unmined();
     let (coin, wif) = a.coin_for_key(1.0);
     a.copy_blocks_to(&b, 1, a.height());
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &a)).await;
-    svc.synced_to(a.height()).await;
-    let w = a.new_address("legacy");
-    let account = svc.account_watching(&w).await;
+    let (svc, account, w) = watching(&a).await;
 
     let t1 = a.spend_with_key(&coin, &wif, &w, 0.9999);
     wait_for(&svc, &t1, "deposit.seen").await;
@@ -65,11 +72,7 @@ async fn a_credited_deposit_reorged_out_and_double_spent_on_the_new_branch() {
     let (coin, wif) = a.coin_for_key(1.0);
     let fork = a.height();
     a.copy_blocks_to(&b, 1, fork);
-    let db = fresh_database().await;
-    let svc = Service::start(config(&db, &a)).await;
-    svc.synced_to(a.height()).await;
-    let w = a.new_address("legacy");
-    let account = svc.account_watching(&w).await;
+    let (svc, account, w) = watching(&a).await;
 
     let t1 = a.spend_with_key(&coin, &wif, &w, 0.9999);
     a.mine(3);
