@@ -430,3 +430,61 @@ async fn a_target_no_longer_allowed_is_refused_at_delivery_time() {
     assert!(r.received().is_empty(), "nothing reached the receiver");
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_survive_every_database_connection_being_killed() {
+    let (node, svc) = node_and_service().await;
+    let r = Receiver::start().await;
+    r.delay(2);
+    let (id, _) = svc.subscribe(&r.url, json!({"start": "beginning"})).await;
+    svc.make_events(40).await;
+    eventually(Duration::from_secs(20), || async {
+        (r.received().len() >= 10).then_some(())
+    })
+    .await;
+    // Every connection the service holds (pool, listener, leader lock, journal writer).
+    let db = svc.database_url.clone().unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        killed.len() >= 3,
+        "the service's connections were there: {killed:?}"
+    );
+    // The service recovers: new events are appended, followed and delivered.
+    eventually(Duration::from_secs(30), || async {
+        let (status, _) = svc
+            .post("/v1/accounts", json!({"label": "after the kill"}))
+            .await;
+        (status == 201).then_some(())
+    })
+    .await;
+    node.mine(1);
+    svc.synced_to(node.height()).await;
+    let head = svc.head().await;
+    eventually(Duration::from_secs(30), || async {
+        (r.delivered().last() == Some(&head)).then_some(())
+    })
+    .await;
+    let got = r.delivered();
+    let mut distinct = got.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (1..=head).collect::<Vec<_>>(),
+        "every event, in order"
+    );
+    assert!(
+        got.len() - distinct.len() <= 1,
+        "at most the one in flight twice"
+    );
+    caught_up(&svc, &id, head).await;
+    svc.stop().await;
+}
