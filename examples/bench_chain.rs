@@ -1,10 +1,12 @@
-//! `tools/bench catchup` and `tools/bench rss`: the follower against a real regtest node.
+//! `tools/bench catchup`, `rss`, `rescan` and `watchrss`: the follower against a real regtest node.
 //! Prints Markdown tables for docs/BENCHMARKS.md; never asserts a timing.
 //!
 //! Usage (tools/bench starts the node and PostgreSQL and sets the environment):
 //!   PG_URL=postgres://…/postgres NODE_RPC="URL USER PASSWORD" \
 //!     bench_chain catchup [BLOCKS=500] [TXS_PER_BLOCK=50] [ADDRESSES=10000]
 //!   PG_URL=… NODE_RPC=… bench_chain rss CHAINLEDGER_BINARY [ADDRESSES=100000] [BASELINE=100]
+//!   PG_URL=… NODE_RPC=… bench_chain rescan [BLOCKS=1000] [TXS_PER_BLOCK=5] [EVERY=50] [REPEATS=3]
+//!   PG_URL=… NODE_RPC=… bench_chain watchrss CHAINLEDGER_BINARY [SCRIPTS=1000000] [LOOKAHEAD=1000]
 //!
 //! The chain is built without the node's wallet: blocks are mined to a key held here, a
 //! few fan-out transactions split coinbases into 1000 outputs each, and every deposit is a
@@ -17,20 +19,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bitcoin::bip32::{Xpriv, Xpub};
 use bitcoin::consensus::{encode, Encodable};
 use bitcoin::hashes::{sha256, sha256d, Hash};
 use bitcoin::script::{Builder, PushBytesBuf};
 use bitcoin::secp256k1::{All, Message, Secp256k1, SecretKey};
 use bitcoin::sighash::SighashCache;
 use bitcoin::{
-    absolute, transaction, Address, Amount, Block, Network, OutPoint, PubkeyHash, PublicKey,
-    ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+    absolute, transaction, Address, Amount, Block, Network, NetworkKind, OutPoint, PubkeyHash,
+    PublicKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
 use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
+use chainledger::chain::lookahead;
 use chainledger::config::Config;
+use chainledger::domain::descriptor::AccountDescriptor;
 use chainledger::domain::events::{self, NewEvent};
 use chainledger::{projections, store};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -238,6 +244,33 @@ impl Wallet {
             }],
         )
     }
+}
+
+/// Mines `blocks` blocks of `per_block` deposits each: deposit `j` of block `b` pays
+/// `to(b, j)` from the next coin; one `sendrawtransaction` batch and one
+/// `generatetoaddress` per block, after `pause` (time for the mempool watcher) if given.
+async fn mine_deposits(
+    rpc: &Rpc,
+    wallet: &Wallet,
+    coins: &mut impl Iterator<Item = Utxo>,
+    (blocks, per_block): (usize, usize),
+    pause: Option<Duration>,
+    mut to: impl FnMut(usize, usize) -> Address,
+) -> anyhow::Result<()> {
+    for b in 0..blocks {
+        let txs = (0..per_block)
+            .map(|j| {
+                let coin = coins.next().context("out of coins")?;
+                wallet.deposit(coin, &to(b, j))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rpc.send_all(&txs)?;
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        rpc.mine(1, &wallet.address)?;
+    }
+    Ok(())
 }
 
 /// Bitcoin SV's signature digest: BIP143's algorithm for every input, sighash type
@@ -449,18 +482,17 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
 
     // The chain, before the service exists.
     let started = Instant::now();
-    let utxos = wallet.fund(&rpc, blocks * per_block)?;
+    let mut coins = wallet.fund(&rpc, blocks * per_block)?.into_iter();
     let first = rpc.height()? + 1;
-    for b in 0..blocks {
-        let txs = (0..per_block)
-            .map(|j| {
-                let k = b * per_block + j;
-                wallet.deposit(utxos[k], &addresses[k % n_addresses])
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        rpc.send_all(&txs)?;
-        rpc.mine(1, &wallet.address)?;
-    }
+    mine_deposits(
+        &rpc,
+        &wallet,
+        &mut coins,
+        (blocks, per_block),
+        None,
+        |b, j| addresses[(b * per_block + j) % n_addresses].clone(),
+    )
+    .await?;
     let tip = rpc.height()?;
     eprintln!(
         "bench: built blocks {first}..={tip} ({} deposits) in {:.1} s",
@@ -628,6 +660,51 @@ fn vm_status(pid: u32) -> anyhow::Result<BTreeMap<String, u64>> {
 
 struct Serve(Child);
 
+impl Serve {
+    /// `binary serve` configured by the environment, on a free `port`, following from
+    /// `start`; its stderr goes to `log_name` in BENCH_LOGS (tools/bench points it at its
+    /// scratch directory) or the temporary directory.
+    fn spawn(
+        binary: &str,
+        rpc: &Rpc,
+        url: &str,
+        port: u16,
+        start: u32,
+        log_name: &str,
+    ) -> anyhow::Result<Serve> {
+        let logs = std::env::var_os("BENCH_LOGS").map_or_else(std::env::temp_dir, Into::into);
+        let log = std::fs::File::create(std::path::Path::new(&logs).join(log_name))?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .env("DATABASE_URL", url)
+            .env("BITCOIND_RPC_URL", &rpc.url)
+            .env("BITCOIND_RPC_USER", &rpc.user)
+            .env("BITCOIND_RPC_PASSWORD", &rpc.password)
+            .env("NETWORK", "regtest")
+            .env("API_TOKEN", TOKEN)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("START_HEIGHT", start.to_string())
+            .env("POLL_INTERVAL_MS", "100")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("failed to start {binary}"))?;
+        Ok(Serve(child))
+    }
+}
+
+/// `GET /v1/status` of the service on `port`; `None` while it does not answer.
+async fn get_status(http: &reqwest::Client, port: u16) -> Option<Value> {
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/v1/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    r.json::<Value>().await.ok()
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
@@ -654,37 +731,17 @@ async fn rss_run(
         .local_addr()?
         .port();
     let start = rpc.height()? + 1;
-    // The service's stderr; tools/bench points BENCH_LOGS at its scratch directory.
-    let logs = std::env::var_os("BENCH_LOGS").map_or_else(std::env::temp_dir, Into::into);
-    let log = std::fs::File::create(logs.join(format!("bench-rss-{n}.log")))?;
-    let child = Command::new(binary)
-        .arg("serve")
-        .env("DATABASE_URL", &url)
-        .env("BITCOIND_RPC_URL", &rpc.url)
-        .env("BITCOIND_RPC_USER", &rpc.user)
-        .env("BITCOIND_RPC_PASSWORD", &rpc.password)
-        .env("NETWORK", "regtest")
-        .env("API_TOKEN", TOKEN)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("START_HEIGHT", start.to_string())
-        .env("POLL_INTERVAL_MS", "100")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("failed to start {binary}"))?;
-    let serve = Serve(child);
+    let serve = Serve::spawn(
+        binary,
+        rpc,
+        &url,
+        port,
+        start,
+        &format!("bench-rss-{n}.log"),
+    )?;
     let pid = serve.0.id();
     let http = reqwest::Client::new();
-    let status = || async {
-        let r = http
-            .get(format!("http://127.0.0.1:{port}/v1/status"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?;
-        r.json::<Value>().await.ok()
-    };
+    let status = || get_status(&http, port);
     let started = Instant::now();
     while status().await.is_none() {
         anyhow::ensure!(
@@ -694,18 +751,16 @@ async fn rss_run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let idle = vm_status(pid)?;
-    for b in 0..blocks {
-        let txs = (0..per_block)
-            .map(|j| {
-                let coin = utxos.next().context("out of coins")?;
-                wallet.deposit(coin, &watched_address(b * per_block + j))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        rpc.send_all(&txs)?;
-        // Let the mempool watcher see them first, as it would in life.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        rpc.mine(1, &wallet.address)?;
-    }
+    // Let the mempool watcher see the deposits first, as it would in life.
+    mine_deposits(
+        rpc,
+        wallet,
+        utxos,
+        (blocks, per_block),
+        Some(Duration::from_millis(150)),
+        |b, j| watched_address(b * per_block + j),
+    )
+    .await?;
     let tip = i64::from(rpc.height()?);
     loop {
         if let Some(s) = status().await {
@@ -750,6 +805,407 @@ async fn rss(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rescanned address number `i`: paid in the rescanned range, watched only by the rescan.
+fn rescanned_address(i: usize) -> Address {
+    let h = sha256::Hash::hash(format!("chainledger bench rescanned address {i}").as_bytes());
+    let mut bytes = [0u8; 20];
+    bytes.copy_from_slice(&h.to_byte_array()[..20]);
+    Address::p2pkh(PubkeyHash::from_byte_array(bytes), Network::Regtest)
+}
+
+/// POSTs `body` to the in-process service and returns the JSON answer; fails unless 201.
+async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
+    let r = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    anyhow::ensure!(
+        status == reqwest::StatusCode::CREATED,
+        "POST {url}: {status} {answer}"
+    );
+    Ok(answer)
+}
+
+/// `tools/bench rescan`: a rescan of BLOCKS past blocks (POST an address with
+/// `rescan_from_height` = tip − BLOCKS + 1, until `GET /v1/status` shows it done) versus
+/// the node's getblockhash + getblock 0 over the same blocks, measured before and after
+/// every rescan in the same run. REPEATS rescans, each of its own address, all of which the
+/// chain pays in every EVERY-th block.
+async fn rescan(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |s| Ok(s.parse()?))
+    };
+    let (blocks, per_block, every, repeats) = (arg(0, 1000)?, arg(1, 5)?, arg(2, 50)?, arg(3, 3)?);
+    anyhow::ensure!(
+        per_block >= repeats && every > 0 && blocks > 0,
+        "TXS_PER_BLOCK must be at least REPEATS"
+    );
+    let rpc = Rpc::from_env()?;
+    let wallet = Wallet::new(node_flavour(&rpc)?);
+    let targets: Vec<Address> = (0..repeats).map(rescanned_address).collect();
+    let pays = |b: usize| b % every == every / 2;
+
+    let started = Instant::now();
+    let mut coins = wallet.fund(&rpc, blocks * per_block)?.into_iter();
+    let first = rpc.height()? + 1;
+    mine_deposits(
+        &rpc,
+        &wallet,
+        &mut coins,
+        (blocks, per_block),
+        None,
+        |b, j| {
+            if pays(b) && j < repeats {
+                targets[j].clone()
+            } else {
+                watched_address(b * per_block + j) // nobody watches these
+            }
+        },
+    )
+    .await?;
+    let tip = rpc.height()?;
+    let expected = (0..blocks).filter(|b| pays(*b)).count();
+    eprintln!(
+        "bench: built blocks {first}..={tip} ({} deposits, {expected} to each rescanned address) in {:.1} s",
+        blocks * per_block,
+        started.elapsed().as_secs_f64()
+    );
+
+    // The service follows from the tip: the rescanned blocks are history to it.
+    let url = create_database("rescan").await?;
+    let pool = PgPool::connect(&url).await?;
+    chainledger::db::migrate(&pool).await?;
+    let running = chainledger::app::start(config(&url, &rpc, tip)).await?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let synced = Instant::now();
+    loop {
+        let at: Option<i32> = sqlx::query_scalar("SELECT max(height) FROM chain_blocks")
+            .fetch_one(&pool)
+            .await?;
+        if at == Some(tip as i32) {
+            break;
+        }
+        anyhow::ensure!(synced.elapsed() < Duration::from_secs(60), "not synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let account = post(
+        &http,
+        format!("{base}/v1/accounts"),
+        json!({"label": "rescan bench"}),
+    )
+    .await?;
+    let account = account["id"].as_str().context("account id")?.to_string();
+
+    let mut node_passes = vec![node_pass(&rpc, first, tip)?];
+    let mut rows = Vec::new();
+    for target in &targets {
+        let (append_before, appends_before) = histogram(
+            &chainledger::metrics::render(),
+            "chainledger_append_seconds",
+        );
+        let started = Instant::now();
+        let answer = post(
+            &http,
+            format!("{base}/v1/accounts/{account}/addresses"),
+            json!({"address": target.to_string(), "rescan_from_height": first}),
+        )
+        .await?;
+        let id = answer["rescan"]["id"].as_i64().context("rescan id")?;
+        anyhow::ensure!(answer["rescan"]["to_height"].as_u64() == Some(u64::from(tip)));
+        loop {
+            let status = get_status(&http, running.addr.port())
+                .await
+                .context("status")?;
+            let this = status["rescans"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["id"].as_i64() == Some(id)))
+                .context("the rescan is not in /v1/status")?;
+            match this["status"].as_str() {
+                Some("done") => break,
+                Some("failed") => bail!("rescan failed: {}", this["error"]),
+                _ => {}
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "rescan not done"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let (append_after, appends_after) = histogram(
+            &chainledger::metrics::render(),
+            "chainledger_append_seconds",
+        );
+        let db_secs: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM updated_at - created_at)::float8 FROM rescans WHERE rescan_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await?;
+        let by_type: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT type, count(*) FROM events WHERE (metadata->>'rescan_id')::bigint = $1
+             GROUP BY type ORDER BY type",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await?;
+        let seen = by_type
+            .iter()
+            .find(|(t, _)| t == events::DEPOSIT_SEEN)
+            .map_or(0, |(_, n)| *n);
+        anyhow::ensure!(
+            seen as usize == expected,
+            "rescan {id} found {seen} deposits, expected {expected}"
+        );
+        rows.push((
+            secs,
+            db_secs,
+            by_type,
+            append_after - append_before,
+            appends_after - appends_before,
+        ));
+        node_passes.push(node_pass(&rpc, first, tip)?);
+    }
+    running.shutdown().await;
+
+    let n = blocks as f64;
+    let (_, _, txs, bytes) = node_passes[0];
+    println!("| measure | blocks | seconds | blocks/s | note |\n|---|---:|---:|---:|---|");
+    for (i, (rpc_secs, decode_secs, _, _)) in node_passes.iter().enumerate() {
+        println!(
+            "| node pass {}: getblockhash + getblock 0 | {blocks} | {rpc_secs:.3} | {:.0} | decoding them afterwards: {decode_secs:.3} s{} |",
+            i + 1,
+            n / rpc_secs,
+            if i == 0 {
+                format!("; {:.1} MB of blocks, {txs} txs", bytes as f64 / 1e6)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (i, (secs, db_secs, _, append_secs, appends)) in rows.iter().enumerate() {
+        let node = (node_passes[i].0 + node_passes[i + 1].0) / 2.0;
+        println!(
+            "| rescan {}: POST → `/v1/status` done | {blocks} | {secs:.3} | {:.0} | **{:.2} of the node's rate** (mean of passes {} and {}); in the database (created → done) {db_secs:.3} s; {appends:.0} appends took {append_secs:.3} s |",
+            i + 1,
+            n / secs,
+            node / secs,
+            i + 1,
+            i + 2
+        );
+    }
+    println!();
+    for (i, (_, _, by_type, _, _)) in rows.iter().enumerate() {
+        let parts: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        println!("Rescan {} appended: {}", i + 1, parts.join(", "));
+    }
+    Ok(())
+}
+
+/// Tpub number `i` (a master key from a hash, so the accounts differ).
+fn bench_xpub(secp: &Secp256k1<All>, i: usize) -> anyhow::Result<String> {
+    let seed = sha256::Hash::hash(format!("chainledger bench xpub {i}").as_bytes());
+    let master = Xpriv::new_master(NetworkKind::Test, seed.as_byte_array())?;
+    Ok(Xpub::from_priv(secp, &master).to_string())
+}
+
+/// Migrates and appends `accounts` xpub accounts with `lookahead` — the events `POST
+/// /v1/accounts {"xpub", "lookahead"}` appends (`account.created` with the descriptor and
+/// look-ahead, then `address.watched` with the index for 0..lookahead from
+/// `lookahead::window_events`), one account per transaction. Derivation runs on two
+/// blocking threads ahead of the appends. Returns the descriptors and the seconds.
+async fn watch_derived(
+    url: &str,
+    accounts: usize,
+    lookahead: u32,
+) -> anyhow::Result<(Vec<AccountDescriptor>, f64)> {
+    let started = Instant::now();
+    let pool = PgPool::connect(url).await?;
+    chainledger::db::migrate(&pool).await?;
+    let metadata = json!({"source": "bench"});
+    let derived = futures::stream::iter(0..accounts)
+        .map(|i| {
+            let metadata = metadata.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let secp = Secp256k1::new();
+                let d = AccountDescriptor::from_xpub(
+                    &bench_xpub(&secp, i)?,
+                    None,
+                    None,
+                    Network::Regtest,
+                )
+                .map_err(anyhow::Error::msg)?;
+                let id = Uuid::new_v4();
+                let mut batch = vec![NewEvent {
+                    stream: events::account_stream(id),
+                    expected_version: None,
+                    kind: events::ACCOUNT_CREATED,
+                    data: json!({"account_id": id, "label": format!("xpub {i}"),
+                                 "credit_confirmations": 3, "descriptor": d.canonical(),
+                                 "lookahead": lookahead}),
+                    metadata: metadata.clone(),
+                }];
+                let (window, _) =
+                    lookahead::window_events(id, &d, 0, lookahead as i32, 0, &metadata)
+                        .map_err(anyhow::Error::msg)?;
+                batch.extend(window);
+                Ok((d, batch))
+            })
+        })
+        .buffered(2);
+    futures::pin_mut!(derived);
+    let mut descriptors = Vec::with_capacity(accounts);
+    while let Some(next) = derived.next().await {
+        let (d, batch) = next??;
+        let mut tx = pool.begin().await?;
+        let stored = store::append(&mut tx, &batch).await?;
+        projections::apply(&mut tx, &stored).await?;
+        tx.commit().await?;
+        descriptors.push(d);
+    }
+    pool.close().await;
+    Ok((descriptors, started.elapsed().as_secs_f64()))
+}
+
+/// One `watchrss` run: `accounts` × `lookahead` derived scripts appended, then `binary
+/// serve` started at the node's tip (its first observation loads the whole watch set),
+/// then `blocks` × `per_block` deposits to index 0 of different accounts.
+async fn watchrss_run(
+    binary: &str,
+    rpc: &Rpc,
+    wallet: &Wallet,
+    coins: &mut impl Iterator<Item = Utxo>,
+    (accounts, lookahead): (usize, u32),
+    (blocks, per_block): (usize, usize),
+) -> anyhow::Result<Value> {
+    let scripts = accounts * lookahead as usize;
+    let url = create_database(&format!("watchrss_{scripts}")).await?;
+    let (descriptors, append_secs) = watch_derived(&url, accounts, lookahead).await?;
+    eprintln!(
+        "bench: {scripts} derived scripts in {accounts} accounts appended in {append_secs:.1} s"
+    );
+    let pool = PgPool::connect(&url).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let start = rpc.height()?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let serve = Serve::spawn(
+        binary,
+        rpc,
+        &url,
+        port,
+        start,
+        &format!("bench-watchrss-{scripts}.log"),
+    )?;
+    let pid = serve.0.id();
+    // Sampled every 10 ms: when the API first answers, and when the first block (the
+    // observation that loads the watch set) is stored.
+    let (mut answered, mut loaded) = (None, None);
+    while loaded.is_none() {
+        if let Some(s) = get_status(&http, port).await {
+            let at = started.elapsed().as_secs_f64();
+            answered.get_or_insert((at, vm_status(pid)?["VmRSS"]));
+            if s["synced_tip"].as_i64() == Some(i64::from(start)) {
+                loaded = Some((at, vm_status(pid)?["VmRSS"]));
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the first block was not stored within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (answered, loaded) = (answered.expect("answered"), loaded.expect("loaded"));
+    let paid: Vec<Address> = (0..blocks * per_block)
+        .map(|k| {
+            let d = descriptors[k * descriptors.len() / (blocks * per_block)]
+                .derive(0)
+                .map_err(anyhow::Error::msg)?;
+            Ok(d.address
+                .parse::<Address<_>>()?
+                .require_network(Network::Regtest)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    mine_deposits(
+        rpc,
+        wallet,
+        coins,
+        (blocks, per_block),
+        Some(Duration::from_millis(150)),
+        |b, j| paid[(b * per_block + j) % paid.len()].clone(),
+    )
+    .await?;
+    let tip = i64::from(rpc.height()?);
+    loop {
+        if let Some(s) = get_status(&http, port).await {
+            if s["synced_tip"].as_i64() == Some(tip) {
+                break;
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "not synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let vm = vm_status(pid)?;
+    drop(serve);
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT type || coalesce(' (' || (metadata->>'source') || ')', ''), count(*) FROM events
+         WHERE type LIKE 'deposit.%' OR metadata->>'source' = 'lookahead' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    Ok(json!({
+        "scripts": scripts, "accounts": accounts, "append_secs": append_secs,
+        "hwm": mib(vm["VmHWM"]), "rss": mib(vm["VmRSS"]),
+        "answered_secs": answered.0, "answered_rss": mib(answered.1),
+        "loaded_secs": loaded.0, "loaded_rss": mib(loaded.1),
+        "events": counts.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "),
+    }))
+}
+
+/// `tools/bench watchrss`: peak RSS of `chainledger serve` watching SCRIPTS scripts of
+/// derived look-ahead windows (SCRIPTS / LOOKAHEAD xpub accounts), after a baseline run of
+/// one account.
+async fn watchrss(args: &[String]) -> anyhow::Result<()> {
+    let binary = args
+        .first()
+        .context("watchrss needs the chainledger binary")?;
+    let scripts: usize = args.get(1).map_or(Ok(1_000_000), |s| s.parse())?;
+    let lookahead: u32 = args.get(2).map_or(Ok(1000), |s| s.parse())?;
+    let shape = (5, 4);
+    let rpc = Rpc::from_env()?;
+    let wallet = Wallet::new(node_flavour(&rpc)?);
+    let mut coins = wallet.fund(&rpc, 2 * shape.0 * shape.1)?.into_iter();
+    println!("| watched scripts (accounts × lookahead) | VmHWM (peak) MiB | VmRSS after the blocks MiB | API answers: s / VmRSS MiB | first block stored (watch set loaded): s / VmRSS MiB | events appended in the benchmark |");
+    println!("|---:|---:|---:|---:|---:|---|");
+    for accounts in [1, scripts.div_ceil(lookahead as usize)] {
+        let r = watchrss_run(
+            binary,
+            &rpc,
+            &wallet,
+            &mut coins,
+            (accounts, lookahead),
+            shape,
+        )
+        .await?;
+        println!(
+            "| {} ({accounts} × {lookahead}) | {:.1} | {:.1} | {:.2} / {:.1} | {:.2} / {:.1} | {}; the set-up appended them in {:.1} s |",
+            r["scripts"], r["hwm"].as_f64().unwrap_or(0.0), r["rss"].as_f64().unwrap_or(0.0),
+            r["answered_secs"].as_f64().unwrap_or(0.0), r["answered_rss"].as_f64().unwrap_or(0.0),
+            r["loaded_secs"].as_f64().unwrap_or(0.0), r["loaded_rss"].as_f64().unwrap_or(0.0),
+            r["events"].as_str().unwrap_or(""), r["append_secs"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -760,8 +1216,11 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("catchup") => catchup(&args[1..]).await,
         Some("rss") => rss(&args[1..]).await,
+        Some("rescan") => rescan(&args[1..]).await,
+        Some("watchrss") => watchrss(&args[1..]).await,
         _ => bail!(
-            "usage: bench_chain catchup [BLOCKS TXS ADDRESSES] | rss BINARY [ADDRESSES BASELINE]"
+            "usage: bench_chain catchup [BLOCKS TXS ADDRESSES] | rss BINARY [ADDRESSES BASELINE] \
+             | rescan [BLOCKS TXS EVERY REPEATS] | watchrss BINARY [SCRIPTS LOOKAHEAD]"
         ),
     }
 }

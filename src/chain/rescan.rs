@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitcoin::{Block, ScriptBuf};
+use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
@@ -28,6 +29,8 @@ use crate::{projections, store};
 const LOCK_CLASS: i32 = 0x0072_7363;
 /// Progress is written at least this often while nothing is found.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Blocks fetched from the node ahead of the one being scanned.
+const PREFETCH: usize = 6;
 
 pub struct Rescanner {
     pub pool: PgPool,
@@ -134,12 +137,28 @@ impl Rescanner {
         tracing::info!(rescan = id, address = %job.watch.address, from = job.next, to = job.to, "rescanning");
         let started = Instant::now();
         let mut saved = Instant::now();
+        // Up to PREFETCH blocks are read ahead, each in its own task (the RPCs and the
+        // decoding run on the blocking pool), and taken in height order; a read that fails
+        // fails the rescan only when its turn comes, as before. Whatever is in flight when
+        // the job stops is dropped.
+        let node = self.node.clone();
+        let mut blocks = futures::stream::iter(job.next..=job.to)
+            .map(move |height| {
+                let node = node.clone();
+                tokio::spawn(async move { fetch(&node, height).await })
+            })
+            .buffered(PREFETCH);
         while job.next <= job.to {
             if *stop.borrow() {
                 return Ok(());
             }
             let height = job.next;
-            let (b, block) = self.fetch(height).await?;
+            let (b, block) = blocks
+                .next()
+                .await
+                .context("the block reads ended before the rescan")?
+                .context("a block read panicked")??;
+            debug_assert_eq!(b.height, height);
             let found = scan(&block, &job);
             if !found.is_empty() {
                 match self.record(&job, &b, found).await? {
@@ -178,24 +197,6 @@ impl Rescanner {
         Ok(())
     }
 
-    async fn fetch(&self, height: u32) -> anyhow::Result<(BlockRef, Block)> {
-        let hash = self
-            .node
-            .block_hash(height)
-            .await?
-            .with_context(|| format!("the node has no block at height {height}"))?;
-        let block = self.node.block(hash).await?;
-        Ok((
-            BlockRef {
-                height,
-                hash: hash.to_string(),
-                prev_hash: block.header.prev_blockhash.to_string(),
-                time: block.header.time,
-            },
-            block,
-        ))
-    }
-
     /// The finds of one block, as one observation: its deposits settled against the
     /// stored tip, appended with the rescan's progress.
     async fn record(
@@ -226,7 +227,7 @@ impl Rescanner {
                 "block replaced during the rescan; fetching it again"
             );
             drop(tx);
-            let (b, block) = self.fetch(b.height).await?;
+            let (b, block) = fetch(&self.node, b.height).await?;
             let found = scan(&block, job);
             return Box::pin(self.record(job, &b, found)).await;
         }
@@ -261,6 +262,23 @@ impl Rescanner {
         }
         Ok(Outcome::Done)
     }
+}
+
+async fn fetch(node: &Node, height: u32) -> anyhow::Result<(BlockRef, Block)> {
+    let hash = node
+        .block_hash(height)
+        .await?
+        .with_context(|| format!("the node has no block at height {height}"))?;
+    let block = node.block(hash).await?;
+    Ok((
+        BlockRef {
+            height,
+            hash: hash.to_string(),
+            prev_hash: block.header.prev_blockhash.to_string(),
+            time: block.header.time,
+        },
+        block,
+    ))
 }
 
 fn scan(block: &Block, job: &Job) -> Vec<FoundOutput> {
