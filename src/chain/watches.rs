@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bitcoin::{ScriptBuf, Transaction, Txid};
+use futures::TryStreamExt;
 use sqlx::PgConnection;
 
 use crate::domain::ledger::{FoundOutput, Watch};
@@ -17,18 +18,31 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Loads addresses watched since the last refresh; true if there were any.
+    /// Loads addresses watched since the last refresh; true if there were any. Rows are
+    /// streamed into the map (sized up front), never held all at once: the first load of
+    /// a million scripts would otherwise hold the rows and a growing table together.
     pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-        let rows = sqlx::query!(
+        let new = sqlx::query_scalar!(
+            "SELECT count(*) FROM addresses WHERE position > $1",
+            self.position
+        )
+        .fetch_one(&mut *conn)
+        .await?
+        .unwrap_or(0);
+        if new == 0 {
+            return Ok(false);
+        }
+        self.scripts.reserve(new as usize);
+        let mut rows = sqlx::query!(
             "SELECT a.address, a.account_id, a.script_pubkey, a.position, acc.credit_confirmations
              FROM addresses a JOIN accounts acc USING (account_id)
              WHERE a.position > $1 ORDER BY a.position",
             self.position
         )
-        .fetch_all(&mut *conn)
-        .await?;
-        let changed = !rows.is_empty();
-        for r in rows {
+        .fetch(&mut *conn);
+        let mut changed = false;
+        while let Some(r) = rows.try_next().await? {
+            changed = true;
             self.position = r.position;
             let watch = Watch {
                 account_id: r.account_id,
