@@ -69,6 +69,25 @@ CREATE INDEX IF NOT EXISTS deposits_block ON deposits (block_hash);
 CREATE INDEX IF NOT EXISTS deposits_account ON deposits (account_id, first_position);
 CREATE INDEX IF NOT EXISTS deposits_address ON deposits (address, first_position);
 
+-- withdrawal.*: the latest state of every withdrawal stream.
+CREATE TABLE IF NOT EXISTS withdrawals (
+    txid           text     PRIMARY KEY,
+    account_id     uuid     NOT NULL,
+    amount_sats    bigint   NOT NULL,   -- what left the account, the fee included
+    fee_sats       bigint,
+    inputs         text     NOT NULL,   -- outpoints it spends, comma-separated
+    confirmations  integer  NOT NULL,
+    block_hash     text,
+    block_height   integer,
+    status         text     NOT NULL,
+    source         text     NOT NULL,
+    stream_version integer  NOT NULL,
+    first_position bigint   NOT NULL,
+    last_position  bigint   NOT NULL
+);
+CREATE INDEX IF NOT EXISTS withdrawals_open ON withdrawals (status) WHERE status NOT IN ('final', 'dropped', 'replaced');
+CREATE INDEX IF NOT EXISTS withdrawals_account ON withdrawals (account_id, first_position);
+
 -- Balances per account, moved by the difference each changed deposit makes (the fold's
 -- deposits statement): equal to summing `deposits` by the documented rules.
 CREATE TABLE IF NOT EXISTS balances (

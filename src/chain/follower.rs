@@ -283,6 +283,7 @@ impl Follower {
         }
         let hashes: Vec<String> = disconnect.iter().map(|b| b.hash.clone()).collect();
         let loaded = projections::read::deposits_for_observation(&mut tx, &hashes, &txids).await?;
+        let withdrawals = projections::read::withdrawals_for_observation(&mut tx, &hashes).await?;
         let chain_version = sqlx::query_scalar!("SELECT stream_version FROM chain_state")
             .fetch_optional(&mut *tx)
             .await?;
@@ -297,13 +298,14 @@ impl Follower {
             chain_version,
             loaded,
             metadata,
-        );
+        )
+        .with_withdrawals(withdrawals);
         for b in &disconnect {
             ledger.disconnect_block(b);
         }
         for ((b, block), found) in connect.iter().zip(found_per_block) {
             ledger.connect_block(b, found);
-            record_spends(&mut ledger, block);
+            record_spends(&mut ledger, b, block);
         }
         ledger.settle(new_tip_height);
         let mut events = ledger.into_events();
@@ -329,13 +331,14 @@ impl Follower {
     }
 }
 
-/// Transactions of `block` spending what an unconfirmed deposit's transaction spent: that
-/// deposit is replaced (a double spend mined instead, maybe on a reorg's new branch).
-fn record_spends(ledger: &mut Ledger, block: &Block) {
+/// Transactions of `block` spending what an unconfirmed deposit's or withdrawal's
+/// transaction spent: a withdrawal's own transaction is mined; anything else replaces
+/// them (a double spend mined instead, maybe on a reorg's new branch).
+fn record_spends(ledger: &mut Ledger, b: &BlockRef, block: &Block) {
     let watched: std::collections::HashSet<bitcoin::OutPoint> = ledger
         .unconfirmed_inputs()
         .iter()
-        .filter_map(|(op, _)| op.parse().ok())
+        .filter_map(|op| op.parse().ok())
         .collect();
     if watched.is_empty() {
         return;
@@ -345,7 +348,7 @@ fn record_spends(ledger: &mut Ledger, block: &Block) {
         for input in &t.input {
             if watched.contains(&input.previous_output) {
                 let spender = txid.get_or_insert_with(|| t.compute_txid().to_string());
-                ledger.spent(spender, &input.previous_output.to_string());
+                ledger.spent_in_block(spender, &input.previous_output.to_string(), b);
             }
         }
     }

@@ -44,7 +44,14 @@ impl MempoolWatcher {
         let mempool = node.raw_mempool().await?;
         let current: HashSet<Txid> = mempool.iter().copied().collect();
         self.checked.retain(|t| current.contains(t));
-        let unconfirmed = projections::read::unconfirmed_deposits(pool).await?;
+        let mut unconfirmed = projections::read::unconfirmed_deposits(pool).await?;
+        // Withdrawals too, keyed apart from deposits' (txid, vout) by u32::MAX.
+        unconfirmed.extend(
+            projections::read::unconfirmed_withdrawals(pool)
+                .await?
+                .into_iter()
+                .map(|(txid, inputs)| (txid, u32::MAX, inputs)),
+        );
         let spent_by_deposits: HashMap<bitcoin::OutPoint, ()> = unconfirmed
             .iter()
             .flat_map(|(_, _, inputs)| inputs.iter().filter_map(|i| i.parse().ok()))
@@ -88,17 +95,27 @@ impl MempoolWatcher {
             let mut txids: Vec<String> = found.iter().map(|f| f.txid.clone()).collect();
             txids.extend(dropped.iter().map(|(t, _)| t.clone()));
             let loaded = projections::read::deposits_for_observation(&mut tx, &[], &txids).await?;
+            let withdrawals = projections::read::withdrawals_for_observation(&mut tx, &[]).await?;
             let mut ledger = Ledger::new(
                 final_confirmations,
                 None,
                 loaded,
                 json!({"source": "mempool"}),
-            );
+            )
+            .with_withdrawals(withdrawals);
             ledger.seen_in_mempool(found);
             for (spender, outpoint) in &spends {
                 ledger.spent(spender, outpoint);
             }
+            let (dropped_withdrawals, dropped): (Vec<_>, Vec<_>) =
+                dropped.into_iter().partition(|(_, vout)| *vout == u32::MAX);
             ledger.dropped(&dropped);
+            ledger.dropped_withdrawals(
+                &dropped_withdrawals
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .collect::<Vec<_>>(),
+            );
             let mut events = ledger.into_events();
             events.extend(super::lookahead::extend_for_deposits(&mut tx, &events, network).await?);
             let stored = store::append(&mut tx, &events).await?;

@@ -33,6 +33,7 @@ pub enum Credentials {
 /// RPC error code for "Block height out of range" and "No such mempool transaction".
 const RPC_INVALID_PARAMETER: i32 = -8;
 const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
+const RPC_VERIFY_ALREADY_IN_CHAIN: i32 = -27;
 
 impl Node {
     pub fn connect(url: &str, credentials: Credentials) -> anyhow::Result<Node> {
@@ -109,6 +110,34 @@ impl Node {
         self.call(|c| c.get_raw_mempool())
             .await
             .context("failed to call getrawmempool")
+    }
+
+    /// Broadcasts `tx`. `Ok` also when the node has it already (in the mempool or a block):
+    /// a repeated broadcast is not an error. `Err(Ok(reason))`: the node refused it.
+    pub async fn send_raw_transaction(
+        &self,
+        tx: Transaction,
+    ) -> Result<(), Result<String, anyhow::Error>> {
+        let hex = bitcoin::consensus::encode::serialize_hex(&tx);
+        match self
+            .call(move |c| c.call::<serde_json::Value>("sendrawtransaction", &[hex.into()]))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(bitcoincore_rpc::Error::JsonRpc(jsonrpc::Error::Rpc(rpc))) => {
+                let already = rpc.code == RPC_VERIFY_ALREADY_IN_CHAIN
+                    || rpc.message.contains("already in")
+                    || rpc.message.contains("already known");
+                if already {
+                    Ok(())
+                } else {
+                    Err(Ok(rpc.message))
+                }
+            }
+            Err(e) => Err(Err(
+                anyhow::Error::new(e).context("sendrawtransaction failed")
+            )),
+        }
     }
 
     /// A mempool transaction; `None` if it left the mempool meanwhile.

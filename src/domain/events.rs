@@ -19,6 +19,12 @@ pub const DEPOSIT_REORGED: &str = "deposit.reorged";
 pub const DEPOSIT_CREDIT_REVERSED: &str = "deposit.credit_reversed";
 pub const DEPOSIT_DROPPED: &str = "deposit.dropped";
 pub const DEPOSIT_REPLACED: &str = "deposit.replaced";
+pub const WITHDRAWAL_BROADCAST: &str = "withdrawal.broadcast";
+pub const WITHDRAWAL_CONFIRMED: &str = "withdrawal.confirmed";
+pub const WITHDRAWAL_FINAL: &str = "withdrawal.final";
+pub const WITHDRAWAL_REORGED: &str = "withdrawal.reorged";
+pub const WITHDRAWAL_DROPPED: &str = "withdrawal.dropped";
+pub const WITHDRAWAL_REPLACED: &str = "withdrawal.replaced";
 
 /// Every type a reader may name in a filter.
 pub const ALL_TYPES: &[&str] = &[
@@ -35,17 +41,22 @@ pub const ALL_TYPES: &[&str] = &[
     DEPOSIT_CREDIT_REVERSED,
     DEPOSIT_DROPPED,
     DEPOSIT_REPLACED,
-    "withdrawal.broadcast",
-    "withdrawal.confirmed",
-    "withdrawal.final",
-    "withdrawal.reorged",
-    "withdrawal.dropped",
+    WITHDRAWAL_BROADCAST,
+    WITHDRAWAL_CONFIRMED,
+    WITHDRAWAL_FINAL,
+    WITHDRAWAL_REORGED,
+    WITHDRAWAL_DROPPED,
+    WITHDRAWAL_REPLACED,
 ];
 
 pub const CHAIN_STREAM: &str = "chain";
 
 pub fn account_stream(id: Uuid) -> String {
     format!("account-{id}")
+}
+
+pub fn withdrawal_stream(txid: &str) -> String {
+    format!("withdrawal-{txid}")
 }
 
 pub fn deposit_stream(txid: &str, vout: u32) -> String {

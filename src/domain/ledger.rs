@@ -76,6 +76,33 @@ pub struct Deposit {
     pub inputs: Vec<String>,
 }
 
+/// An outgoing transaction of an account (DESIGN.md: withdrawals), tracked like a deposit.
+/// `amount` is what leaves the account: its outputs spent minus what comes back to its
+/// addresses, so the fee is included; `fee` is shown when every input is known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub account_id: Uuid,
+    pub txid: String,
+    pub amount: String,
+    pub amount_sats: u64,
+    pub fee: Option<String>,
+    pub fee_sats: Option<u64>,
+    pub inputs: Vec<String>,
+    pub confirmations: u32,
+    pub block_hash: Option<String>,
+    pub block_height: Option<u32>,
+    /// mempool, confirming, final, reorged, dropped or replaced.
+    pub status: DepositStatus,
+    /// `api` (POST /v1/withdrawals).
+    pub source: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrackedWithdrawal {
+    pub withdrawal: Withdrawal,
+    pub version: i32,
+}
+
 /// A deposit as stored, with the last version of its stream (-1: no event yet).
 #[derive(Clone, Debug)]
 pub struct Tracked {
@@ -119,6 +146,7 @@ pub struct Ledger {
     deposits: BTreeMap<Key, Tracked>,
     /// Deposits first observed in this observation's blocks: they get `deposit.seen`.
     fresh: BTreeSet<Key>,
+    withdrawals: BTreeMap<String, TrackedWithdrawal>,
     metadata: Value,
     events: Vec<NewEvent>,
 }
@@ -141,9 +169,50 @@ impl Ledger {
             chain_version,
             deposits,
             fresh: BTreeSet::new(),
+            withdrawals: BTreeMap::new(),
             metadata,
             events: Vec::new(),
         }
+    }
+
+    /// The stored withdrawals the observation may touch (open ones, those in disconnected
+    /// blocks).
+    pub fn with_withdrawals(mut self, loaded: Vec<TrackedWithdrawal>) -> Self {
+        self.withdrawals = loaded
+            .into_iter()
+            .map(|t| (t.withdrawal.txid.clone(), t))
+            .collect();
+        self
+    }
+
+    fn emit_withdrawal(&mut self, txid: &str, kind: &'static str, extra: Option<(&str, Value)>) {
+        let t = self
+            .withdrawals
+            .get_mut(txid)
+            .expect("emit for a loaded withdrawal");
+        let stream = events::withdrawal_stream(&t.withdrawal.txid);
+        let e = state_event(
+            &t.withdrawal,
+            stream,
+            &mut t.version,
+            kind,
+            extra,
+            &self.metadata,
+        );
+        self.events.push(e);
+    }
+
+    /// A withdrawal broadcast through the API: `withdrawal.broadcast`.
+    pub fn broadcast(&mut self, w: Withdrawal) {
+        let txid = w.txid.clone();
+        self.withdrawals.insert(
+            txid.clone(),
+            TrackedWithdrawal {
+                withdrawal: w,
+                version: -1,
+            },
+        );
+        self.emit_withdrawal(&txid, events::WITHDRAWAL_BROADCAST, None);
     }
 
     fn push_chain(&mut self, kind: &'static str, data: Value) {
@@ -162,19 +231,16 @@ impl Ledger {
             .deposits
             .get_mut(key)
             .expect("emit for a loaded deposit");
-        let mut data = serde_json::to_value(&t.deposit).expect("deposit serialises");
-        if let (Some((name, value)), Value::Object(map)) = (extra, &mut data) {
-            map.insert(name.to_string(), value);
-        }
-        let expected_version = (t.version >= 0).then_some(t.version);
-        t.version += 1;
-        self.events.push(NewEvent {
-            stream: events::deposit_stream(&t.deposit.txid, t.deposit.vout),
-            expected_version,
+        let stream = events::deposit_stream(&t.deposit.txid, t.deposit.vout);
+        let e = state_event(
+            &t.deposit,
+            stream,
+            &mut t.version,
             kind,
-            data,
-            metadata: self.metadata.clone(),
-        });
+            extra,
+            &self.metadata,
+        );
+        self.events.push(e);
     }
 
     /// A stored block left the active chain: `block.disconnected`, then every deposit it
@@ -207,6 +273,28 @@ impl Ledger {
             if was_credited {
                 self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
             }
+        }
+        let hit: Vec<String> = self
+            .withdrawals
+            .iter()
+            .filter(|(_, t)| t.withdrawal.block_hash.as_deref() == Some(block.hash.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for txid in hit {
+            let w = &mut self
+                .withdrawals
+                .get_mut(&txid)
+                .expect("key from the map")
+                .withdrawal;
+            w.block_hash = None;
+            w.block_height = None;
+            w.confirmations = 0;
+            w.status = DepositStatus::Reorged;
+            self.emit_withdrawal(
+                &txid,
+                events::WITHDRAWAL_REORGED,
+                Some(("orphaned_block_hash", Value::String(block.hash.clone()))),
+            );
         }
     }
 
@@ -334,16 +422,64 @@ impl Ledger {
             }
         }
         self.fresh.clear();
+        let txids: Vec<String> = self.withdrawals.keys().cloned().collect();
+        for txid in txids {
+            let w = &mut self
+                .withdrawals
+                .get_mut(&txid)
+                .expect("key from the map")
+                .withdrawal;
+            let Some(height) = w.block_height else {
+                continue;
+            };
+            if w.status == DepositStatus::Final {
+                continue;
+            }
+            let confirmations = (tip_height + 1).saturating_sub(height);
+            if confirmations == w.confirmations && w.status != DepositStatus::Reorged {
+                continue;
+            }
+            w.confirmations = confirmations;
+            w.status = DepositStatus::Confirming;
+            self.emit_withdrawal(&txid, events::WITHDRAWAL_CONFIRMED, None);
+            let w = &mut self
+                .withdrawals
+                .get_mut(&txid)
+                .expect("key from the map")
+                .withdrawal;
+            if confirmations >= self.final_confirmations {
+                w.status = DepositStatus::Final;
+                self.emit_withdrawal(&txid, events::WITHDRAWAL_FINAL, None);
+            }
+        }
     }
 
     /// The outpoints spent by deposits not (or no longer) in a block: a transaction
     /// spending one of them, other than the deposit's own, replaces the deposit.
-    pub fn unconfirmed_inputs(&self) -> Vec<(String, Key)> {
-        self.deposits
-            .iter()
-            .filter(|(_, t)| t.deposit.block_hash.is_none() && t.deposit.status.is_unconfirmed())
-            .flat_map(|(k, t)| t.deposit.inputs.iter().map(move |i| (i.clone(), k.clone())))
-            .collect()
+    pub fn unconfirmed_inputs(&self) -> Vec<String> {
+        let deposits = self
+            .deposits
+            .values()
+            .filter(|t| t.deposit.block_hash.is_none() && t.deposit.status.is_unconfirmed())
+            .flat_map(|t| t.deposit.inputs.iter().cloned());
+        let withdrawals = self
+            .withdrawals
+            .values()
+            .filter(|t| t.withdrawal.block_hash.is_none() && t.withdrawal.status.is_unconfirmed())
+            .flat_map(|t| t.withdrawal.inputs.iter().cloned());
+        deposits.chain(withdrawals).collect()
+    }
+
+    /// Transaction `spender`, in `block`, spends `outpoint`: a withdrawal it is gets the
+    /// block (confirmations follow in [`Ledger::settle`]); anything else it replaces.
+    pub fn spent_in_block(&mut self, spender: &str, outpoint: &str, block: &BlockRef) {
+        if let Some(t) = self.withdrawals.get_mut(spender) {
+            if t.withdrawal.block_hash.is_none() {
+                t.withdrawal.block_hash = Some(block.hash.clone());
+                t.withdrawal.block_height = Some(block.height);
+            }
+        }
+        self.spent(spender, outpoint);
     }
 
     /// Transaction `spender` (in a block, or in the mempool as a replacement) spends
@@ -377,6 +513,31 @@ impl Ledger {
             );
             self.fresh.remove(&key);
         }
+        let hit: Vec<String> = self
+            .withdrawals
+            .iter()
+            .filter(|(txid, t)| {
+                txid.as_str() != spender
+                    && t.withdrawal.block_hash.is_none()
+                    && t.withdrawal.status.is_unconfirmed()
+                    && t.withdrawal.inputs.iter().any(|i| i == outpoint)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for txid in hit {
+            let w = &mut self
+                .withdrawals
+                .get_mut(&txid)
+                .expect("key from the map")
+                .withdrawal;
+            w.status = DepositStatus::Replaced;
+            w.confirmations = 0;
+            self.emit_withdrawal(
+                &txid,
+                events::WITHDRAWAL_REPLACED,
+                Some(("replaced_by", Value::String(spender.to_string()))),
+            );
+        }
     }
 
     /// Deposits whose transaction left the mempool unmined (past the grace period):
@@ -394,8 +555,47 @@ impl Ledger {
         }
     }
 
+    /// Withdrawals whose transaction left the mempool unmined: `withdrawal.dropped`.
+    pub fn dropped_withdrawals(&mut self, txids: &[String]) {
+        for txid in txids {
+            let Some(t) = self.withdrawals.get_mut(txid) else {
+                continue;
+            };
+            if t.withdrawal.block_hash.is_some() || !t.withdrawal.status.is_unconfirmed() {
+                continue;
+            }
+            t.withdrawal.status = DepositStatus::Dropped;
+            self.emit_withdrawal(txid, events::WITHDRAWAL_DROPPED, None);
+        }
+    }
+
     pub fn into_events(self) -> Vec<NewEvent> {
         self.events
+    }
+}
+
+/// An event carrying a stream's whole state (plus `extra`), at the version after
+/// `version`, which it advances.
+fn state_event(
+    state: &impl Serialize,
+    stream: String,
+    version: &mut i32,
+    kind: &'static str,
+    extra: Option<(&str, Value)>,
+    metadata: &Value,
+) -> NewEvent {
+    let mut data = serde_json::to_value(state).expect("state serialises");
+    if let (Some((name, value)), Value::Object(map)) = (extra, &mut data) {
+        map.insert(name.to_string(), value);
+    }
+    let expected_version = (*version >= 0).then_some(*version);
+    *version += 1;
+    NewEvent {
+        stream,
+        expected_version,
+        kind,
+        data,
+        metadata: metadata.clone(),
     }
 }
 
@@ -451,6 +651,7 @@ mod tests {
     /// Runs observations one after another, carrying state as the projections would.
     struct Sim {
         deposits: Vec<Tracked>,
+        withdrawals: Vec<TrackedWithdrawal>,
         chain: Option<i32>,
         log: Vec<NewEvent>,
     }
@@ -459,6 +660,7 @@ mod tests {
         fn new() -> Self {
             Sim {
                 deposits: vec![],
+                withdrawals: vec![],
                 chain: None,
                 log: vec![],
             }
@@ -476,23 +678,66 @@ mod tests {
             })
         }
         fn observe(&mut self, f: impl FnOnce(&mut Ledger)) -> Vec<(&'static str, u32, bool)> {
-            let mut ledger = Ledger::new(6, self.chain, self.deposits.clone(), Value::Null);
+            let mut ledger = Ledger::new(6, self.chain, self.deposits.clone(), Value::Null)
+                .with_withdrawals(self.withdrawals.clone());
             f(&mut ledger);
             self.chain = ledger.chain_version;
             self.deposits = ledger.deposits.values().cloned().collect();
+            self.withdrawals = ledger.withdrawals.values().cloned().collect();
             let new = ledger.into_events();
             self.log.extend(new.iter().cloned());
             new.iter()
-                .filter(|e| e.stream.starts_with("deposit-"))
+                .filter(|e| !e.stream.starts_with("chain"))
                 .map(|e| {
                     (
                         e.kind,
                         e.data["confirmations"].as_u64().unwrap() as u32,
-                        e.data["credited"].as_bool().unwrap(),
+                        e.data["credited"].as_bool().unwrap_or(false),
                     )
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_withdrawal_confirms_is_reorged_and_can_be_replaced() {
+        let mut sim = Sim::new();
+        let w = Withdrawal {
+            account_id: Uuid::nil(),
+            txid: "ww".into(),
+            amount: "1.00000000".into(),
+            amount_sats: 100_000_000,
+            fee: None,
+            fee_sats: None,
+            inputs: vec!["dd:0".into()],
+            confirmations: 0,
+            block_hash: None,
+            block_height: None,
+            status: DepositStatus::Mempool,
+            source: "api".into(),
+        };
+        assert_eq!(
+            sim.observe(|l| l.broadcast(w)),
+            vec![("withdrawal.broadcast", 0, false)]
+        );
+        let b = block(101, "a");
+        assert_eq!(
+            sim.observe(|l| {
+                l.connect_block(&b, vec![]);
+                l.spent_in_block("ww", "dd:0", &b);
+                l.settle(101)
+            }),
+            vec![("withdrawal.confirmed", 1, false)]
+        );
+        assert_eq!(
+            sim.observe(|l| l.disconnect_block(&b)),
+            vec![("withdrawal.reorged", 0, false)]
+        );
+        assert_eq!(
+            sim.observe(|l| l.spent("xx", "dd:0")),
+            vec![("withdrawal.replaced", 0, false)]
+        );
+        assert_eq!(sim.log.last().unwrap().data["replaced_by"], "xx");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod openapi;
 mod status;
 mod stream;
 mod subscribers;
+mod withdrawals;
 
 use std::sync::Arc;
 
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
             get(accounts::derived_address),
         )
         .route("/addresses/{address}", get(accounts::address_totals))
+        .route("/withdrawals", post(withdrawals::create))
         .route("/deposits", get(deposits::list))
         .route("/deposits/{txid}/{vout}", get(deposits::get_one))
         .route("/events", get(events::tail))

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audit, deposits, events, status, stream, subscribers};
+use super::{accounts, audit, deposits, events, status, stream, subscribers, withdrawals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,7 @@ use super::{accounts, audit, deposits, events, status, stream, subscribers};
         subscribers::delete,
         subscribers::deliveries,
         audit::export,
+        withdrawals::create,
     ),
     modifiers(&BearerAuth)
 )]

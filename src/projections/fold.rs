@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::events as ev;
-use crate::domain::ledger::Deposit;
+use crate::domain::ledger::{Deposit, Withdrawal};
 use crate::store::StoredEvent;
 
 #[derive(Debug, Default, PartialEq)]
@@ -22,6 +22,7 @@ pub struct Changes {
     /// (first connected height in this batch, last chain stream version)
     pub chain: Option<(i32, i32)>,
     pub deposits: BTreeMap<(String, i32), DepositRow>,
+    pub withdrawals: BTreeMap<String, WithdrawalRow>,
     pub touched_accounts: BTreeSet<Uuid>,
 }
 
@@ -57,6 +58,14 @@ pub struct DepositRow {
     pub deposit: Deposit,
     pub stream_version: i32,
     /// This batch's first event of the deposit: its `first_position` if the row is new.
+    pub first_position: i64,
+    pub position: i64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct WithdrawalRow {
+    pub withdrawal: Withdrawal,
+    pub stream_version: i32,
     pub first_position: i64,
     pub position: i64,
 }
@@ -146,6 +155,23 @@ pub fn fold(events: &[StoredEvent]) -> Result<Changes, String> {
                 c.chain = Some((start, e.stream_version));
                 c.blocks.insert(b.height, None);
             }
+            kind if kind.starts_with("withdrawal.") => {
+                let w: Withdrawal = serde_json::from_value(e.data.clone()).map_err(fail)?;
+                c.touched_accounts.insert(w.account_id);
+                let first_position = c
+                    .withdrawals
+                    .get(&w.txid)
+                    .map_or(e.position, |r| r.first_position);
+                c.withdrawals.insert(
+                    w.txid.clone(),
+                    WithdrawalRow {
+                        withdrawal: w,
+                        stream_version: e.stream_version,
+                        first_position,
+                        position: e.position,
+                    },
+                );
+            }
             kind if kind.starts_with("deposit.") => {
                 let d: Deposit = serde_json::from_value(e.data.clone()).map_err(fail)?;
                 c.touched_accounts.insert(d.account_id);
@@ -176,7 +202,68 @@ pub async fn write(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Err
     write_accounts(conn, c).await?;
     write_chain(conn, c).await?;
     write_balances(conn, c).await?;
-    write_deposits(conn, c).await
+    write_deposits(conn, c).await?;
+    write_withdrawals(conn, c).await
+}
+
+/// Upserts the withdrawals and debits each account's credited balance by what a
+/// withdrawal takes (its amount, the fee included) while it is not dropped or replaced:
+/// new contribution minus old, as for deposits.
+async fn write_withdrawals(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {
+    if c.withdrawals.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&WithdrawalRow> = c.withdrawals.values().collect();
+    let w =
+        |f: &dyn Fn(&Withdrawal) -> i64| rows.iter().map(|r| f(&r.withdrawal)).collect::<Vec<_>>();
+    sqlx::query!(
+        r#"WITH new AS (
+               SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[],
+                                    $6::int[], $7::text[], $8::int[], $9::text[], $10::text[],
+                                    $11::int[], $12::bigint[], $13::bigint[])
+                   AS t(txid, account_id, amount_sats, fee_sats, inputs, confirmations, block_hash,
+                        block_height, status, source, stream_version, first_position, position)),
+           old AS (
+               SELECT w.account_id, w.amount_sats, w.status FROM withdrawals w JOIN new USING (txid)),
+           upsert AS (
+               INSERT INTO withdrawals (txid, account_id, amount_sats, fee_sats, inputs, confirmations,
+                                        block_hash, block_height, status, source, stream_version,
+                                        first_position, last_position)
+               SELECT txid, account_id, amount_sats, fee_sats, inputs, confirmations, block_hash,
+                      block_height, status, source, stream_version, first_position, position
+               FROM new
+               ON CONFLICT (txid) DO UPDATE SET
+                   confirmations = EXCLUDED.confirmations, block_hash = EXCLUDED.block_hash,
+                   block_height = EXCLUDED.block_height, status = EXCLUDED.status,
+                   stream_version = EXCLUDED.stream_version, last_position = EXCLUDED.last_position),
+           contributions AS (
+               SELECT account_id, -amount_sats AS sats, status FROM new
+               UNION ALL
+               SELECT account_id, amount_sats, status FROM old),
+           delta AS (
+               SELECT account_id, sum(sats) FILTER (WHERE status NOT IN ('dropped', 'replaced')) AS credited
+               FROM contributions GROUP BY account_id)
+           INSERT INTO balances (account_id, credited_sats, pending_sats, unconfirmed_sats)
+           SELECT account_id, coalesce(credited, 0), 0, 0 FROM delta
+           ON CONFLICT (account_id) DO UPDATE SET
+               credited_sats = balances.credited_sats + EXCLUDED.credited_sats"#,
+        &rows.iter().map(|r| r.withdrawal.txid.clone()).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.withdrawal.account_id).collect::<Vec<_>>(),
+        &w(&|x| x.amount_sats as i64),
+        &rows.iter().map(|r| r.withdrawal.fee_sats.map(|f| f as i64)).collect::<Vec<_>>() as &[Option<i64>],
+        &rows.iter().map(|r| r.withdrawal.inputs.join(",")).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.withdrawal.confirmations as i32).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.withdrawal.block_hash.clone()).collect::<Vec<_>>() as &[Option<String>],
+        &rows.iter().map(|r| r.withdrawal.block_height.map(|h| h as i32)).collect::<Vec<_>>() as &[Option<i32>],
+        &rows.iter().map(|r| r.withdrawal.status.as_str().to_string()).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.withdrawal.source.clone()).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.first_position).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.position).collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn write_accounts(conn: &mut PgConnection, c: &Changes) -> Result<(), sqlx::Error> {

@@ -59,6 +59,7 @@ pub const DEFINITIONS: &[Definition] = &[
             ("chain_blocks", &["height"]),
             ("chain_state", &["singleton"]),
             ("deposits", &["txid", "vout"]),
+            ("withdrawals", &["txid"]),
             ("balances", &["account_id"]),
         ],
         source: Source::Log,
@@ -72,7 +73,14 @@ pub const DEFINITIONS: &[Definition] = &[
 ];
 
 /// The checkpoint names [`apply`] writes (the parts of the ledger projection).
-pub const NAMES: &[&str] = &["accounts", "addresses", "chain", "deposits", "balances"];
+pub const NAMES: &[&str] = &[
+    "accounts",
+    "addresses",
+    "chain",
+    "deposits",
+    "withdrawals",
+    "balances",
+];
 
 /// Brings every projection to its current definition: a projection whose version differs
 /// from the one its live tables were built with, or whose tables are missing, is rebuilt

@@ -3,7 +3,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::ledger::{Deposit, DepositStatus, Tracked};
+use crate::domain::ledger::{Deposit, DepositStatus, Tracked, TrackedWithdrawal, Withdrawal};
 use crate::domain::Sats;
 
 struct Row {
@@ -73,6 +73,64 @@ pub async fn deposits_for_observation(
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(Row::into_tracked).collect())
+}
+
+/// Open withdrawals (not final, dropped or replaced) and those confirmed by a block being
+/// disconnected.
+pub async fn withdrawals_for_observation(
+    conn: &mut PgConnection,
+    disconnected: &[String],
+) -> Result<Vec<TrackedWithdrawal>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT txid, account_id, amount_sats, fee_sats, inputs, confirmations, block_hash,
+                block_height, status, source, stream_version
+         FROM withdrawals
+         WHERE status NOT IN ('final', 'dropped', 'replaced') OR block_hash = ANY($1)",
+        disconnected
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TrackedWithdrawal {
+            withdrawal: Withdrawal {
+                account_id: r.account_id,
+                txid: r.txid,
+                amount: Sats(r.amount_sats as u64).to_btc_string(),
+                amount_sats: r.amount_sats as u64,
+                fee: r.fee_sats.map(|f| Sats(f as u64).to_btc_string()),
+                fee_sats: r.fee_sats.map(|f| f as u64),
+                inputs: split_inputs(&r.inputs),
+                confirmations: r.confirmations as u32,
+                block_hash: r.block_hash,
+                block_height: r.block_height.map(|h| h as u32),
+                status: DepositStatus::parse(&r.status).unwrap_or(DepositStatus::Mempool),
+                source: r.source,
+            },
+            version: r.stream_version,
+        })
+        .collect())
+}
+
+/// Withdrawals in the mempool or put back there by a reorg: (txid, inputs).
+pub async fn unconfirmed_withdrawals(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
+    let rows =
+        sqlx::query!("SELECT txid, inputs FROM withdrawals WHERE status IN ('mempool', 'reorged')")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.txid, split_inputs(&r.inputs)))
+        .collect())
+}
+
+fn split_inputs(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|i| !i.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Deposits in the mempool or put back there by a reorg: (txid, vout, inputs).

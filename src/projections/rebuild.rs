@@ -436,7 +436,8 @@ async fn catch_up_journal(conn: &mut PgConnection) -> anyhow::Result<u64> {
 }
 
 /// Rebuilt balances (at `position`) against an independent aggregate over the log: for
-/// each deposit stream its last event's state, summed per account by the documented rules.
+/// each deposit and withdrawal stream its last event's state, summed per account by the
+/// documented rules (withdrawals not dropped or replaced debit `credited`).
 async fn check_balances(
     conn: &mut PgConnection,
     position: i64,
@@ -446,14 +447,28 @@ async fn check_balances(
                SELECT DISTINCT ON (stream) data FROM public.events
                WHERE position <= $1 AND stream LIKE 'deposit-%'
                ORDER BY stream, stream_version DESC),
-           agg AS (
+           agg_d AS (
                SELECT (data->>'account_id')::uuid AS account_id,
                  coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE (data->>'credited')::boolean), 0) AS credited,
                  coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE NOT (data->>'credited')::boolean
                      AND (data->>'confirmations')::int >= 1), 0) AS pending,
                  coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE (data->>'confirmations')::int = 0
                      AND data->>'status' IN ('mempool', 'reorged')), 0) AS unconfirmed
-               FROM last GROUP BY 1)
+               FROM last GROUP BY 1),
+           last_w AS (
+               SELECT DISTINCT ON (stream) data FROM public.events
+               WHERE position <= $1 AND stream LIKE 'withdrawal-%'
+               ORDER BY stream, stream_version DESC),
+           agg_w AS (
+               SELECT (data->>'account_id')::uuid AS account_id,
+                 coalesce(sum((data->>'amount_sats')::bigint)
+                     FILTER (WHERE data->>'status' NOT IN ('dropped', 'replaced')), 0) AS spent
+               FROM last_w GROUP BY 1),
+           agg AS (
+               SELECT coalesce(d.account_id, w.account_id) AS account_id,
+                      coalesce(d.credited, 0) - coalesce(w.spent, 0) AS credited,
+                      coalesce(d.pending, 0) AS pending, coalesce(d.unconfirmed, 0) AS unconfirmed
+               FROM agg_d d FULL JOIN agg_w w ON d.account_id = w.account_id)
            SELECT coalesce(a.account_id, b.account_id),
                   coalesce(a.credited, 0)::bigint, coalesce(a.pending, 0)::bigint, coalesce(a.unconfirmed, 0)::bigint,
                   coalesce(b.credited_sats, 0), coalesce(b.pending_sats, 0), coalesce(b.unconfirmed_sats, 0)

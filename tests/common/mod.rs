@@ -169,6 +169,20 @@ impl Node {
         self.call("sendrawtransaction", &[signed["hex"].clone()])
     }
 
+    /// A transaction spending `coin` (txid, vout) of this node's wallet to `to`, signed by
+    /// the wallet, not broadcast: its hex.
+    pub fn signed_spend(&self, txid: &str, vout: u32, to: &str, btc: f64) -> String {
+        let inputs = json!([{"txid": txid, "vout": vout}]);
+        let raw: String = self.call("createrawtransaction", &[inputs, json!({ to: btc })]);
+        let signed: Value = if self.core {
+            self.call("signrawtransactionwithwallet", &[json!(raw)])
+        } else {
+            self.call("signrawtransaction", &[json!(raw)])
+        };
+        assert_eq!(signed["complete"], true, "{signed}");
+        signed["hex"].as_str().unwrap().to_string()
+    }
+
     /// A coin of `btc` paid by this node's wallet to a key only the test holds, mined:
     /// (coin, WIF).
     pub fn coin_for_key(&self, btc: f64) -> ((String, u32, f64, String), String) {
@@ -454,25 +468,37 @@ impl Service {
     pub async fn replayed_balance(&self, account: &str) -> (u64, u64, u64) {
         let mut last: std::collections::BTreeMap<String, Value> = Default::default();
         for e in self.all_events().await {
-            if e["stream"].as_str().unwrap().starts_with("deposit-")
+            let stream = e["stream"].as_str().unwrap();
+            if (stream.starts_with("deposit-") || stream.starts_with("withdrawal-"))
                 && e["data"]["account_id"].as_str() == Some(account)
             {
                 last.insert(e["stream"].as_str().unwrap().to_string(), e["data"].clone());
             }
         }
-        let (mut credited, mut pending, mut unconfirmed) = (0, 0, 0);
-        for d in last.values() {
+        let (mut credited, mut pending, mut unconfirmed) = (0i64, 0, 0);
+        for (stream, w) in &last {
+            if stream.starts_with("withdrawal-")
+                && !matches!(w["status"].as_str(), Some("dropped") | Some("replaced"))
+            {
+                credited -= w["amount_sats"].as_i64().unwrap();
+            }
+        }
+        for d in last
+            .iter()
+            .filter(|(s, _)| s.starts_with("deposit-"))
+            .map(|(_, d)| d)
+        {
             let sats = d["amount_sats"].as_u64().unwrap();
             let conf = d["confirmations"].as_u64().unwrap();
             if d["credited"].as_bool().unwrap() {
-                credited += sats;
+                credited += sats as i64;
             } else if conf >= 1 {
                 pending += sats;
             } else if matches!(d["status"].as_str(), Some("mempool") | Some("reorged")) {
                 unconfirmed += sats;
             }
         }
-        (credited, pending, unconfirmed)
+        (credited as u64, pending, unconfirmed)
     }
 }
 

@@ -1,0 +1,141 @@
+//! Withdrawals through the API: broadcast, tracked to final, the credited balance debited
+//! at broadcast; a transaction the node refuses is a 4xx with its reason and appends
+//! nothing; posting the same transaction twice gives one withdrawal.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn withdrawal_events(svc: &Service, txid: &str) -> Vec<Value> {
+    svc.all_events()
+        .await
+        .into_iter()
+        .filter(|e| e["stream"] == format!("withdrawal-{txid}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
+    let (node, svc) = node_and_service().await;
+    let w = node.new_address("legacy");
+    let account = svc.account_watching(&w).await;
+    let deposit = node.send(&w, "2");
+    node.mine(3);
+    svc.synced_to(node.height()).await;
+    eventually(Duration::from_secs(10), || async {
+        (svc.balance(&account).await.0 == 200_000_000).then_some(())
+    })
+    .await;
+
+    let vout = node.vout_paying(&deposit, &w);
+    let elsewhere = node.new_address("legacy");
+    let raw = node.signed_spend(&deposit, vout, &elsewhere, 1.9999);
+    let (status, created) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": account, "raw_tx": raw}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let txid = created["txid"].as_str().unwrap().to_string();
+    assert_eq!(created["amount_sats"], 200_000_000);
+    assert_eq!(created["fee_sats"], 10_000);
+    assert_eq!(created["status"], "mempool");
+    assert!(node.mempool().contains(&txid), "broadcast to the node");
+    assert_eq!(
+        svc.balance(&account).await,
+        (0, 0, 0),
+        "debited at broadcast"
+    );
+    assert_eq!(svc.replayed_balance(&account).await, (0, 0, 0));
+
+    // The same transaction again: the same withdrawal, nothing appended.
+    let head = svc.head().await;
+    let (status, again) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": account, "raw_tx": raw}),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["txid"], txid.as_str());
+    assert_eq!(svc.head().await, head);
+
+    // A conflicting spend of the same deposit: the node refuses it; nothing is appended.
+    let conflicting = node.signed_spend(&deposit, vout, &elsewhere, 1.9998);
+    let (status, e) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": account, "raw_tx": conflicting}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["error"]["code"], "broadcast_rejected");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("raw_tx: the node refused it:"));
+    assert_eq!(svc.head().await, head);
+
+    // Mined, then every confirmation to final (6 in the tests).
+    node.mine(6);
+    svc.synced_to(node.height()).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = withdrawal_events(&svc, &txid).await;
+        events
+            .iter()
+            .any(|e| e["type"] == "withdrawal.final")
+            .then_some(events)
+    })
+    .await;
+    let kinds: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["data"]["confirmations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = vec![("withdrawal.broadcast", 0)];
+    expected.extend((1..=6).map(|c| ("withdrawal.confirmed", c)));
+    expected.push(("withdrawal.final", 6));
+    assert_eq!(kinds, expected);
+    assert_eq!(svc.balance(&account).await, (0, 0, 0));
+    assert_eq!(svc.replayed_balance(&account).await, (0, 0, 0));
+
+    // Bad input names the field.
+    for (body, code) in [
+        (json!({"account_id": account, "raw_tx": "zz"}), 422),
+        (json!({"account_id": account, "raw_tx": "00"}), 422),
+        (
+            json!({"account_id": uuid::Uuid::new_v4(), "raw_tx": raw}),
+            409,
+        ),
+    ] {
+        let (status, e) = svc.post("/v1/withdrawals", body.clone()).await;
+        assert_eq!(status, code, "{body}: {e}");
+    }
+    let other = svc.account_watching(&node.new_address("legacy")).await;
+    let unrelated = node.send(&elsewhere, "0.5");
+    let u_vout = node.vout_paying(&unrelated, &elsewhere);
+    let foreign = node.signed_spend(&unrelated, u_vout, &w, 0.4999);
+    let (status, e) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": other, "raw_tx": foreign}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spends no deposit"),
+        "{e}"
+    );
+    svc.stop().await;
+}
