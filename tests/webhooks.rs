@@ -385,6 +385,7 @@ async fn two_instances_never_deliver_one_subscriber_concurrently() {
     let db = fresh_database().await;
     let a = Service::start(config(&db, &node)).await;
     let b = Service::start(config(&db, &node)).await;
+    a.synced_to(node.height()).await;
     let r = Receiver::start().await;
     r.delay(5);
     a.subscribe(&r.url, json!({"start": "beginning"})).await;
@@ -407,6 +408,8 @@ async fn a_target_no_longer_allowed_is_refused_at_delivery_time() {
     let mut cfg = config(&db, &node);
     cfg.webhook_allow_nets = chainledger::delivery::Guard::parse_nets("127.0.0.0/8,::1").unwrap();
     let svc = Service::start(cfg).await;
+    // Synced first, so no event is appended (and delivered) while loopback is allowed.
+    svc.synced_to(node.height()).await;
     let r = Receiver::start().await;
     let by_name = r.url.replace("127.0.0.1", "localhost");
     let (named, _) = svc.subscribe(&by_name, json!({})).await;
