@@ -113,13 +113,20 @@ async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
         (json!({"account_id": account, "raw_tx": "00"}), 422),
         (
             json!({"account_id": uuid::Uuid::new_v4(), "raw_tx": raw}),
-            409,
+            404,
         ),
     ] {
         let (status, e) = svc.post("/v1/withdrawals", body.clone()).await;
         assert_eq!(status, code, "{body}: {e}");
     }
     let other = svc.account_watching(&node.new_address("legacy")).await;
+    let (status, e) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": other, "raw_tx": raw}),
+        )
+        .await;
+    assert_eq!(status, 422, "another account's withdrawal: {e}");
     let unrelated = node.send(&elsewhere, "0.5");
     let u_vout = node.vout_paying(&unrelated, &elsewhere);
     let foreign = node.signed_spend(&unrelated, u_vout, &w, 0.4999);
@@ -136,6 +143,54 @@ async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
             .unwrap()
             .contains("spends no deposit"),
         "{e}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_of_a_deposit_made_elsewhere_is_an_observed_withdrawal() {
+    let (node, svc) = node_and_service().await;
+    let w = node.new_address("legacy");
+    let account = svc.account_watching(&w).await;
+    let deposit = node.send(&w, "1");
+    node.mine(3);
+    svc.synced_to(node.height()).await;
+    eventually(Duration::from_secs(10), || async {
+        (svc.balance(&account).await.0 == 100_000_000).then_some(())
+    })
+    .await;
+
+    // The wallet spends the deposit itself, not through the API.
+    let vout = node.vout_paying(&deposit, &w);
+    let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 0.9999);
+    let txid: String = node.call("sendrawtransaction", &[json!(raw)]);
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = withdrawal_events(&svc, &txid).await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["type"], "withdrawal.broadcast");
+    assert_eq!(events[0]["data"]["source"], "observed");
+    assert_eq!(events[0]["data"]["account_id"], account.as_str());
+    assert_eq!(events[0]["data"]["amount_sats"], 100_000_000);
+    assert_eq!(svc.balance(&account).await.0, 0, "debited when seen");
+
+    node.mine(1);
+    svc.synced_to(node.height()).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = withdrawal_events(&svc, &txid).await;
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
+    assert_eq!(events[1]["type"], "withdrawal.confirmed");
+    assert_eq!(
+        events.len(),
+        2,
+        "one withdrawal, not a second one from the block"
+    );
+    assert_eq!(
+        svc.balance(&account).await,
+        svc.replayed_balance(&account).await
     );
     svc.stop().await;
 }

@@ -16,11 +16,11 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
-use super::lookahead;
 use super::mempool::MempoolWatcher;
 use super::node::Node;
 use super::watches::Watches;
-use crate::domain::ledger::{BlockRef, Ledger};
+use super::{lookahead, outgoing};
+use crate::domain::ledger::{BlockRef, Ledger, Withdrawal};
 use crate::{metrics, projections, store};
 
 /// `pg_try_advisory_lock` key of the chain leader ("chainled" in ASCII).
@@ -284,6 +284,17 @@ impl Follower {
         let hashes: Vec<String> = disconnect.iter().map(|b| b.hash.clone()).collect();
         let loaded = projections::read::deposits_for_observation(&mut tx, &hashes, &txids).await?;
         let withdrawals = projections::read::withdrawals_for_observation(&mut tx, &hashes).await?;
+        // Spends of watched outputs not submitted through the API, per connected block.
+        let block_txs: Vec<(usize, &bitcoin::Transaction)> = connect
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, block))| block.txdata.iter().map(move |t| (i, t)))
+            .collect();
+        let all_txs: Vec<&bitcoin::Transaction> = block_txs.iter().map(|(_, t)| *t).collect();
+        let mut observed: Vec<Vec<Withdrawal>> = vec![Vec::new(); connect.len()];
+        for (index, w) in outgoing::find(&mut tx, &all_txs).await? {
+            observed[block_txs[index].0].push(w);
+        }
         let chain_version = sqlx::query_scalar!("SELECT stream_version FROM chain_state")
             .fetch_optional(&mut *tx)
             .await?;
@@ -303,8 +314,11 @@ impl Follower {
         for b in &disconnect {
             ledger.disconnect_block(b);
         }
-        for ((b, block), found) in connect.iter().zip(found_per_block) {
+        for (((b, block), found), observed) in connect.iter().zip(found_per_block).zip(observed) {
             ledger.connect_block(b, found);
+            for w in observed {
+                ledger.broadcast(w);
+            }
             record_spends(&mut ledger, b, block);
         }
         ledger.settle(new_tip_height);

@@ -60,6 +60,7 @@ impl MempoolWatcher {
         let mut found = Vec::new();
         let mut fetched = Vec::new();
         let mut spends = Vec::new();
+        let mut new_txs = Vec::new();
         for txid in mempool.into_iter().filter(|t| !self.checked.contains(t)) {
             if let Some(tx) = node.mempool_transaction(txid).await? {
                 watches.scan(&tx, &mut found);
@@ -68,9 +69,13 @@ impl MempoolWatcher {
                         spends.push((txid.to_string(), input.previous_output.to_string()));
                     }
                 }
+                new_txs.push(tx);
             }
             fetched.push(txid);
         }
+        // Spends of watched outputs not submitted through the API.
+        let refs: Vec<&bitcoin::Transaction> = new_txs.iter().collect();
+        let observed = super::outgoing::find(&mut *pool.acquire().await?, &refs).await?;
         // Deposits whose transaction left the mempool unmined, past the grace period.
         let now = Instant::now();
         let mut dropped = Vec::new();
@@ -89,7 +94,7 @@ impl MempoolWatcher {
             }
         }
         self.missing_since = missing;
-        if !found.is_empty() || !spends.is_empty() || !dropped.is_empty() {
+        if !found.is_empty() || !spends.is_empty() || !dropped.is_empty() || !observed.is_empty() {
             let mut tx = pool.begin().await?;
             store::lock(&mut tx).await?;
             let mut txids: Vec<String> = found.iter().map(|f| f.txid.clone()).collect();
@@ -104,6 +109,9 @@ impl MempoolWatcher {
             )
             .with_withdrawals(withdrawals);
             ledger.seen_in_mempool(found);
+            for (_, w) in observed {
+                ledger.broadcast(w);
+            }
             for (spender, outpoint) in &spends {
                 ledger.spent(spender, outpoint);
             }

@@ -8,6 +8,7 @@ pub mod follower;
 pub mod lookahead;
 pub mod mempool;
 pub mod node;
+pub mod outgoing;
 pub mod rescan;
 pub mod watches;
 

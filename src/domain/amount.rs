@@ -16,6 +16,12 @@ impl Sats {
     }
 }
 
+/// A signed amount as a decimal string with 8 places: a balance can go below zero when a
+/// withdrawal spends deposits not yet credited.
+pub fn signed_btc_string(sats: i64) -> String {
+    Decimal::from_i128_with_scale(i128::from(sats), 8).to_string()
+}
+
 impl From<bitcoin::Amount> for Sats {
     fn from(a: bitcoin::Amount) -> Self {
         Sats(a.to_sat())

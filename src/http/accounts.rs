@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{Json, Path};
 use super::AppState;
 use crate::chain::lookahead;
+use crate::domain::amount::signed_btc_string;
 use crate::domain::descriptor::{AccountDescriptor, DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD};
 use crate::domain::events::{self, NewEvent};
 use crate::domain::{AddressError, Sats, WatchedAddress};
@@ -231,9 +232,10 @@ pub struct Balance {
     credited: String,
     pending: String,
     unconfirmed: String,
-    credited_sats: u64,
-    pending_sats: u64,
-    unconfirmed_sats: u64,
+    /// Below zero when withdrawals spent deposits not credited yet.
+    credited_sats: i64,
+    pending_sats: i64,
+    unconfirmed_sats: i64,
     /// The log position the balance reflects.
     as_of_position: i64,
 }
@@ -254,17 +256,13 @@ pub async fn balance(
     .await?;
     let as_of_position = projections::checkpoint(&mut tx).await?;
     let (c, p, u) = row.map_or((0, 0, 0), |r| {
-        (
-            r.credited_sats as u64,
-            r.pending_sats as u64,
-            r.unconfirmed_sats as u64,
-        )
+        (r.credited_sats, r.pending_sats, r.unconfirmed_sats)
     });
     Ok(axum::Json(Balance {
         account_id: id,
-        credited: Sats(c).to_btc_string(),
-        pending: Sats(p).to_btc_string(),
-        unconfirmed: Sats(u).to_btc_string(),
+        credited: signed_btc_string(c),
+        pending: signed_btc_string(p),
+        unconfirmed: signed_btc_string(u),
         credited_sats: c,
         pending_sats: p,
         unconfirmed_sats: u,

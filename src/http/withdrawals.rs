@@ -43,15 +43,6 @@ pub async fn create(
     let tx: Transaction = bitcoin::consensus::deserialize(&bytes)
         .map_err(|e| ApiError::invalid_field("raw_tx", format!("not a transaction: {e}")))?;
     let txid = tx.compute_txid().to_string();
-    if let Some(existing) = existing(&s, &txid).await? {
-        if existing["account_id"] != json!(body.account_id) {
-            return Err(ApiError::conflict(
-                "withdrawal_of_another_account",
-                format!("{txid} was broadcast for another account"),
-            ));
-        }
-        return Ok((StatusCode::OK, axum::Json(existing)));
-    }
     let known = sqlx::query_scalar!(
         "SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)",
         body.account_id
@@ -101,6 +92,19 @@ pub async fn create(
         .filter(|f| *f >= 0)
         .map(|f| f as u64);
 
+    // Under the log lock from here: the mempool watcher, which would otherwise record this
+    // transaction as an observed withdrawal, waits until ours is appended.
+    let mut db = s.pool.begin().await?;
+    store::lock(&mut db).await?;
+    if let Some(existing) = existing_in(&mut db, &txid).await? {
+        if existing["account_id"] != json!(body.account_id) {
+            return Err(ApiError::conflict(
+                "withdrawal_of_another_account",
+                format!("{txid} was broadcast for another account"),
+            ));
+        }
+        return Ok((StatusCode::OK, axum::Json(existing)));
+    }
     match s.node.send_raw_transaction(tx).await {
         Ok(()) => {}
         Err(Ok(reason)) => {
@@ -114,11 +118,6 @@ pub async fn create(
         Err(Err(e)) => return Err(ApiError::Internal(e)),
     }
 
-    let mut db = s.pool.begin().await?;
-    store::lock(&mut db).await?;
-    if let Some(existing) = existing_in(&mut db, &txid).await? {
-        return Ok((StatusCode::OK, axum::Json(existing)));
-    }
     let mut ledger = Ledger::new(
         s.final_confirmations,
         None,
@@ -146,11 +145,6 @@ pub async fn create(
     tracing::info!(%txid, account_id = %body.account_id, amount = %amount.to_btc_string(), "withdrawal broadcast");
     let data = stored.last().map(|e| e.data.clone()).unwrap_or(Value::Null);
     Ok((StatusCode::CREATED, axum::Json(data)))
-}
-
-async fn existing(s: &AppState, txid: &str) -> Result<Option<Value>, ApiError> {
-    let mut conn = s.pool.acquire().await?;
-    existing_in(&mut conn, txid).await
 }
 
 /// The withdrawal's state: the data of the last event of its stream.

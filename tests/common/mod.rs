@@ -502,6 +502,16 @@ impl Service {
     }
 }
 
+/// A P2PKH regtest address of a fresh key no wallet holds: coins paid to it stay put (a
+/// wallet address's coins may be spent by later sends, which the service records as
+/// withdrawals).
+pub fn foreign_address() -> String {
+    use bitcoin::secp256k1::Secp256k1;
+    let key = bitcoin::PrivateKey::generate(bitcoin::NetworkKind::Test);
+    let public = bitcoin::CompressedPublicKey::from_private_key(&Secp256k1::new(), &key).unwrap();
+    bitcoin::Address::p2pkh(public, bitcoin::Network::Regtest).to_string()
+}
+
 /// A fresh node, a fresh database and the service on them, synced to the node's tip.
 pub async fn node_and_service() -> (Node, Service) {
     let node = Node::start();
@@ -534,10 +544,11 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chainledger"))
 }
 
-/// A thread paying `address` 0.1 BTC and mining a block, every `pause`, until stopped.
+/// A thread paying `address` 0.1 BTC and mining a block (each payment is mined before the
+/// next), every `pause`, until stopped.
 pub struct Miner {
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl Miner {
@@ -545,11 +556,14 @@ impl Miner {
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (flag, address) = (running.clone(), address.to_string());
         let thread = std::thread::spawn(move || {
+            let mut paid = 0;
             while flag.load(std::sync::atomic::Ordering::Relaxed) {
                 node.send(&address, "0.1");
                 node.mine(1);
+                paid += 1;
                 std::thread::sleep(pause);
             }
+            paid
         });
         Miner {
             running,
@@ -557,9 +571,10 @@ impl Miner {
         }
     }
 
-    pub fn stop(mut self) {
+    /// Stops after the payment in progress is mined; returns how many were made.
+    pub fn stop(mut self) -> usize {
         self.running
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
+        self.thread.take().unwrap().join().unwrap()
     }
 }
