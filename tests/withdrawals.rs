@@ -17,20 +17,27 @@ async fn withdrawal_events(svc: &Service, txid: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
+/// A node and the service, and an account with one credited deposit of `btc` to a wallet
+/// address: (node, service, account, address, deposit txid, its vout).
+async fn credited_deposit(btc: &str) -> (Node, Service, String, String, String, u32) {
     let (node, svc) = node_and_service().await;
     let w = node.new_address("legacy");
     let account = svc.account_watching(&w).await;
-    let deposit = node.send(&w, "2");
+    let deposit = node.send(&w, btc);
     node.mine(3);
     svc.synced_to(node.height()).await;
+    let sats = (btc.parse::<f64>().unwrap() * 1e8).round() as u64;
     eventually(Duration::from_secs(10), || async {
-        (svc.balance(&account).await.0 == 200_000_000).then_some(())
+        (svc.balance(&account).await.0 == sats).then_some(())
     })
     .await;
-
     let vout = node.vout_paying(&deposit, &w);
+    (node, svc, account, w, deposit, vout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
+    let (node, svc, account, w, deposit, vout) = credited_deposit("2").await;
     let elsewhere = node.new_address("legacy");
     let raw = node.signed_spend(&deposit, vout, &elsewhere, 1.9999);
     let (status, created) = svc
@@ -149,19 +156,8 @@ async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spend_of_a_deposit_made_elsewhere_is_an_observed_withdrawal() {
-    let (node, svc) = node_and_service().await;
-    let w = node.new_address("legacy");
-    let account = svc.account_watching(&w).await;
-    let deposit = node.send(&w, "1");
-    node.mine(3);
-    svc.synced_to(node.height()).await;
-    eventually(Duration::from_secs(10), || async {
-        (svc.balance(&account).await.0 == 100_000_000).then_some(())
-    })
-    .await;
-
+    let (node, svc, account, _, deposit, vout) = credited_deposit("1").await;
     // The wallet spends the deposit itself, not through the API.
-    let vout = node.vout_paying(&deposit, &w);
     let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 0.9999);
     let txid: String = node.call("sendrawtransaction", &[json!(raw)]);
     let events = eventually(Duration::from_secs(10), || async {
