@@ -12,7 +12,27 @@ use std::time::Duration;
 use common::receiver::Receiver;
 use common::*;
 
-fn spawn_binary(db: &str, node: &Node, port: u16) -> Child {
+/// The service's process; killed (SIGKILL) when dropped, also when a test fails.
+struct ServiceProcess(Child);
+
+impl ServiceProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_binary(db: &str, node: &Node, port: u16) -> ServiceProcess {
+    ServiceProcess(spawn_child(db, node, port))
+}
+
+fn spawn_child(db: &str, node: &Node, port: u16) -> Child {
     Command::new(binary())
         .arg("serve")
         .env("DATABASE_URL", db)
@@ -56,8 +76,7 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     let miner = Miner::start(node.clone(), &address, Duration::from_millis(15));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.kill();
         child = spawn_binary(&db, &node, port);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -128,8 +147,7 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
         svc.balance(&account).await,
         svc.replayed_balance(&account).await
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 async fn wait_healthy(svc: &Service) {
@@ -167,8 +185,7 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
             (r.received().len() >= k * 60).then_some(())
         })
         .await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.kill();
         child = spawn_binary(&db, &node, port);
         wait_healthy(&svc).await;
     }
@@ -200,6 +217,5 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
     for w in got.windows(2).filter(|w| w[0].position == w[1].position) {
         assert_eq!(w[0].id, w[1].id, "a redelivery keeps its webhook-id");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }

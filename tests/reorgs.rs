@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 
-async fn assert_balance(svc: &Service, account: &str, want: (u64, u64, u64)) {
+async fn assert_balance(svc: &Service, account: &str, want: (i64, i64, i64)) {
     assert_eq!(svc.balance(account).await, want, "projected balance");
     assert_eq!(
         svc.replayed_balance(account).await,

@@ -101,7 +101,7 @@ async fn a_rescan_finds_past_deposits_while_new_blocks_arrive() {
     assert_eq!(unconfirmed, 0);
     assert_eq!(
         credited + pending,
-        past.len() as u64 * 20_000_000 + paid as u64 * 10_000_000
+        past.len() as i64 * 20_000_000 + paid as i64 * 10_000_000
     );
     assert_eq!(
         svc.balance(&account).await,

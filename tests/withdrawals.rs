@@ -26,7 +26,7 @@ async fn credited_deposit(btc: &str) -> (Node, Service, String, String, String, 
     let deposit = node.send(&w, btc);
     node.mine(3);
     svc.synced_to(node.height()).await;
-    let sats = (btc.parse::<f64>().unwrap() * 1e8).round() as u64;
+    let sats = (btc.parse::<f64>().unwrap() * 1e8).round() as i64;
     eventually(Duration::from_secs(10), || async {
         (svc.balance(&account).await.0 == sats).then_some(())
     })

@@ -453,19 +453,21 @@ impl Service {
             .collect()
     }
 
-    pub async fn balance(&self, account: &str) -> (u64, u64, u64) {
+    /// (credited, pending, unconfirmed) in sats; credited may be below zero when withdrawals
+    /// spent deposits not credited yet.
+    pub async fn balance(&self, account: &str) -> (i64, i64, i64) {
         let (status, b) = self.get(&format!("/v1/accounts/{account}/balance")).await;
         assert_eq!(status, 200, "{b}");
         (
-            b["credited_sats"].as_u64().unwrap(),
-            b["pending_sats"].as_u64().unwrap(),
-            b["unconfirmed_sats"].as_u64().unwrap(),
+            b["credited_sats"].as_i64().unwrap(),
+            b["pending_sats"].as_i64().unwrap(),
+            b["unconfirmed_sats"].as_i64().unwrap(),
         )
     }
 
     /// The balance an independent replay of the log gives: the last event of every deposit
     /// stream decides where its amount counts.
-    pub async fn replayed_balance(&self, account: &str) -> (u64, u64, u64) {
+    pub async fn replayed_balance(&self, account: &str) -> (i64, i64, i64) {
         let mut last: std::collections::BTreeMap<String, Value> = Default::default();
         for e in self.all_events().await {
             let stream = e["stream"].as_str().unwrap();
@@ -475,7 +477,7 @@ impl Service {
                 last.insert(e["stream"].as_str().unwrap().to_string(), e["data"].clone());
             }
         }
-        let (mut credited, mut pending, mut unconfirmed) = (0i64, 0, 0);
+        let (mut credited, mut pending, mut unconfirmed) = (0i64, 0i64, 0i64);
         for (stream, w) in &last {
             if stream.starts_with("withdrawal-")
                 && !matches!(w["status"].as_str(), Some("dropped") | Some("replaced"))
@@ -488,17 +490,17 @@ impl Service {
             .filter(|(s, _)| s.starts_with("deposit-"))
             .map(|(_, d)| d)
         {
-            let sats = d["amount_sats"].as_u64().unwrap();
+            let sats = d["amount_sats"].as_i64().unwrap();
             let conf = d["confirmations"].as_u64().unwrap();
             if d["credited"].as_bool().unwrap() {
-                credited += sats as i64;
+                credited += sats;
             } else if conf >= 1 {
                 pending += sats;
             } else if matches!(d["status"].as_str(), Some("mempool") | Some("reorged")) {
                 unconfirmed += sats;
             }
         }
-        (credited as u64, pending, unconfirmed)
+        (credited, pending, unconfirmed)
     }
 }
 
