@@ -4,36 +4,19 @@
 //!
 //! Usage: DATABASE_URL=… cargo run --release --example bench [EVENTS]
 
+mod shared;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use chainledger::chain::node::Credentials;
 use chainledger::chain::{FollowerStatus, Node};
 use chainledger::config::NetworkName;
-use chainledger::domain::events::NewEvent;
 use chainledger::http::{self, AppState};
 use chainledger::store::{self, notify::LogWatch};
-use serde_json::json;
 use sqlx::PgPool;
 
 const BATCH: usize = 500;
-
-fn batch(n: usize, first: usize) -> Vec<NewEvent> {
-    (first..first + n)
-        .map(|i| NewEvent {
-            stream: format!("deposit-{i:064x}:0"),
-            expected_version: None,
-            kind: "deposit.seen",
-            data: json!({
-                "account_id": "5b0c3d6e-9a41-4a8e-8c7e-0f5d2a1b3c4d", "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
-                "txid": format!("{i:064x}"), "vout": 0, "amount": "1.50000000", "amount_sats": 150_000_000u64,
-                "confirmations": 1, "block_hash": format!("{:064x}", i / 50), "block_height": 101 + i / 50,
-                "credited": false, "credit_confirmations": 3, "status": "confirming"
-            }),
-            metadata: json!({"source": "bench"}),
-        })
-        .collect()
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -53,7 +36,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for first in (0..total).step_by(BATCH) {
         let mut tx = pool.begin().await?;
-        store::append(&mut tx, &batch(BATCH.min(total - first), first)).await?;
+        store::append(
+            &mut tx,
+            &shared::deposit_seen_events(BATCH.min(total - first), first),
+        )
+        .await?;
         tx.commit().await?;
     }
     let store_secs = started.elapsed().as_secs_f64();

