@@ -75,7 +75,11 @@ impl MempoolWatcher {
         }
         // Spends of watched outputs not submitted through the API.
         let refs: Vec<&bitcoin::Transaction> = new_txs.iter().collect();
-        let observed = super::outgoing::find(&mut *pool.acquire().await?, &refs).await?;
+        let observed = if refs.is_empty() {
+            Vec::new() // the usual poll: nothing new, no connection taken
+        } else {
+            super::outgoing::find(&mut *pool.acquire().await?, &refs).await?
+        };
         // Deposits whose transaction left the mempool unmined, past the grace period.
         let now = Instant::now();
         let mut dropped = Vec::new();
