@@ -95,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown: never_stop.subscribe(),
         cors_allow_origins: Vec::new(),
         wake_rescans: Arc::default(),
+        script_handlers: false,
+        ipn_token: None,
+        ipn_auth: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

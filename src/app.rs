@@ -126,6 +126,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         wake_delivery: wake,
         shutdown: stopped.clone(),
         cors_allow_origins: cfg.cors_allow_origins.clone(),
+        script_handlers: cfg.script_handlers,
+        ipn_token: cfg.ipn_token.as_deref().map(Arc::from),
+        ipn_auth: cfg.ipn_auth.as_deref().map(Arc::from),
         wake_rescans,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr)

@@ -204,6 +204,19 @@ pub struct Config {
     /// Subscribers delivered to concurrently by this instance.
     #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub webhook_workers: u32,
+    /// Allow subscribers that are commands (`{"command": [...]}`), run once per event with
+    /// the event in their environment. Off by default: whoever holds the API token could
+    /// otherwise run programs on this machine.
+    #[arg(long, env = "SCRIPT_HANDLERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub script_handlers: bool,
+    /// A second token (at least 16 characters) for the Crypto IPN endpoints `/btc` and
+    /// `/btc_ipn` only (as `Authorization: Bearer` or `?token=`); they also take API_TOKEN.
+    #[arg(long, env = "IPN_TOKEN", hide_env_values = true)]
+    pub ipn_token: Option<String>,
+    /// The `ipn_auth` shared secret of IPN subscriptions made through `/btc_ipn` without an
+    /// `ipn_auth` field; unset: a random one per subscription.
+    #[arg(long, env = "IPN_AUTH", hide_env_values = true)]
+    pub ipn_auth: Option<String>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -267,6 +280,8 @@ impl Config {
             guard: std::sync::Arc::new(crate::delivery::Guard::new(
                 self.webhook_allow_nets.clone(),
             )),
+            script_handlers: self.script_handlers,
+            credit_confirmations: self.credit_confirmations,
         }
     }
 
@@ -282,6 +297,13 @@ impl Config {
                 return Err("API_TOKEN is too short: it needs at least 16 characters".into())
             }
             _ => {}
+        }
+        if self
+            .ipn_token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < 16)
+        {
+            return Err("IPN_TOKEN is too short: it needs at least 16 characters".into());
         }
         if self.credit_confirmations > self.final_confirmations {
             return Err(format!(
@@ -325,6 +347,9 @@ impl fmt::Debug for Config {
             .field("webhook_allow_nets", &self.webhook_allow_nets)
             .field("webhook_workers", &self.webhook_workers)
             .field("cors_allow_origins", &self.cors_allow_origins)
+            .field("script_handlers", &self.script_handlers)
+            .field("ipn_token", &self.ipn_token.as_ref().map(|_| "<redacted>"))
+            .field("ipn_auth", &self.ipn_auth.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

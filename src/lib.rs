@@ -26,6 +26,7 @@
 pub mod app;
 pub mod audit;
 pub mod chain;
+pub mod compat;
 pub mod config;
 pub mod db;
 pub mod delivery;

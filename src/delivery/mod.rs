@@ -8,11 +8,15 @@
 //!   when a retry falls due, and hands due subscribers to at most `workers` tasks.
 //! - A worker holds the subscriber's lease (a session advisory lock) while it delivers, so
 //!   two service instances never deliver one subscriber concurrently.
+//! - A subscriber's [`Format`] says what goes on the wire (Standard Webhooks JSON,
+//!   cryptoassets.core's txupdate form, a Crypto IPN notification) and its [`Target`] where:
+//!   a URL, or a command run once per event ([`script`]).
 //! - [`Recorder`] group-commits the journal entries of all workers: one transaction per
 //!   batch, each worker waiting for its own entry before the next request; it keeps one
 //!   connection for itself.
 
 pub mod schedule;
+pub mod script;
 pub mod sign;
 pub mod ssrf;
 
@@ -27,6 +31,7 @@ use sqlx::{Executor, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use uuid::Uuid;
 
+use crate::compat::{cryptoassets, ipn};
 use crate::metrics;
 use crate::projections::cursors::{self, CursorState, Entry, Outcome};
 use crate::store::{self, notify::LogWatch, StoredEvent};
@@ -46,34 +51,127 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     pub workers: usize,
     pub guard: Arc<Guard>,
+    /// Whether subscribers may be commands (SCRIPT_HANDLERS); checked again at each run.
+    pub script_handlers: bool,
+    /// The credit threshold a withdrawal's txupdate is `credited` at (deposits carry
+    /// their account's).
+    pub credit_confirmations: u32,
+}
+
+/// How a subscriber's events go on the wire (`subscribers.format`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Standard Webhooks: the event envelope as JSON, signed.
+    Standard,
+    /// cryptoassets.core's `txupdate` form ([`cryptoassets`]); only confirmation changes.
+    Cryptoassets,
+    /// Crypto IPN notifications of one address's totals ([`ipn`]), acknowledged by an echo.
+    Ipn { address: String, max_confirms: u32 },
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["standard", "cryptoassets", "ipn"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Standard => "standard",
+            Format::Cryptoassets => "cryptoassets",
+            Format::Ipn { .. } => "ipn",
+        }
+    }
+
+    /// The event types this format can deliver (None: all).
+    pub fn types(&self) -> Option<&'static [&'static str]> {
+        match self {
+            Format::Standard => None,
+            Format::Cryptoassets => Some(cryptoassets::TYPES),
+            Format::Ipn { .. } => Some(ipn::TYPES),
+        }
+    }
+}
+
+/// Where a subscriber's deliveries go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Url(String),
+    /// A script handler's argv.
+    Command(Vec<String>),
 }
 
 /// A subscriber as created (the `subscribers` row).
 #[derive(Clone)]
 pub struct Subscriber {
     pub id: Uuid,
-    pub url: String,
+    pub target: Target,
+    pub format: Format,
     pub types: Option<Vec<String>>,
     pub account_id: Option<Uuid>,
+    /// Signs Standard Webhooks; an IPN subscriber's `ipn_auth`.
     secret: String,
 }
 
 impl Subscriber {
     pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<Subscriber>, sqlx::Error> {
         let row = sqlx::query!(
-            "SELECT url, types, account_id, secret FROM subscribers WHERE subscriber_id = $1",
+            "SELECT url, command, format, address, max_confirms, types, account_id, secret
+             FROM subscribers WHERE subscriber_id = $1",
             id
         )
         .fetch_optional(pool)
         .await?;
         Ok(row.map(|r| Subscriber {
             id,
-            url: r.url,
+            target: match (r.url, r.command) {
+                (Some(url), _) => Target::Url(url),
+                (None, command) => Target::Command(command.unwrap_or_default()),
+            },
+            format: match (r.format.as_str(), r.address, r.max_confirms) {
+                ("ipn", Some(address), Some(m)) => Format::Ipn {
+                    address,
+                    max_confirms: m.max(0) as u32,
+                },
+                ("cryptoassets", _, _) => Format::Cryptoassets,
+                _ => Format::Standard,
+            },
             types: r.types,
             account_id: r.account_id,
             secret: r.secret,
         }))
     }
+
+    /// The types read from the log: the subscriber's filter narrowed to its format's.
+    fn read_types(&self) -> Option<Vec<String>> {
+        match (self.format.types(), &self.types) {
+            (None, types) => types.clone(),
+            (Some(only), None) => Some(only.iter().map(|t| t.to_string()).collect()),
+            (Some(only), Some(types)) => Some(
+                types
+                    .iter()
+                    .filter(|t| only.contains(&t.as_str()))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    fn address(&self) -> Option<&str> {
+        match &self.format {
+            Format::Ipn { address, .. } => Some(address),
+            _ => None,
+        }
+    }
+}
+
+/// One event as this subscriber receives it.
+struct Message {
+    body: String,
+    content_type: &'static str,
+    /// Standard Webhooks headers (an IPN's authentication is its `ipn_auth` field).
+    signed: bool,
+    /// A script handler's environment.
+    env: Vec<(&'static str, String)>,
+    /// An IPN: what the answer must echo.
+    echo: Option<ipn::Notification>,
 }
 
 /// One journal entry waiting for its batch, and where its resulting state goes.
@@ -285,6 +383,7 @@ impl Dispatcher {
         let Some(sub) = Subscriber::load(&self.pool, id).await? else {
             return Ok(());
         };
+        let read_types = sub.read_types();
         let mut state = load_state(&self.pool, id).await?;
         let mut delivered = 0;
         'session: loop {
@@ -301,8 +400,9 @@ impl Dispatcher {
                 &self.pool,
                 state.cursor,
                 PAGE,
-                sub.types.as_deref(),
+                read_types.as_deref(),
                 sub.account_id,
+                sub.address(),
             )
             .await?;
             if events.is_empty() {
@@ -319,9 +419,19 @@ impl Dispatcher {
                 }
                 return Ok(());
             }
+            // Events the format does not deliver (an IPN's confirmations past max_confirms)
+            // are passed over; the cursor moves past a page ending in them.
+            let mut passed_to = None;
             for event in &events {
+                let Some(message) = self.render(&sub, event).await? else {
+                    passed_to = Some(event.position);
+                    continue;
+                };
+                passed_to = None;
                 let epoch = state.epoch;
-                let entry = self.send(&sub, event, epoch, state.failures + 1).await;
+                let entry = self
+                    .send(&sub, event, message, epoch, state.failures + 1)
+                    .await;
                 let failed = !matches!(
                     entry,
                     Entry::Attempt {
@@ -335,7 +445,78 @@ impl Dispatcher {
                     continue 'session;
                 }
             }
+            if let Some(position) = passed_to {
+                let epoch = state.epoch;
+                state = self.record(id, Entry::CaughtUp { epoch, position }).await?;
+            }
         }
+    }
+
+    /// The event in the subscriber's format; None when the format does not deliver it.
+    async fn render(
+        &self,
+        sub: &Subscriber,
+        event: &StoredEvent,
+    ) -> anyhow::Result<Option<Message>> {
+        let envelope = || serde_json::to_string(event).expect("an event serialises");
+        let txupdate =
+            || cryptoassets::txupdate(&event.kind, &event.data, self.cfg.credit_confirmations);
+        let command = matches!(sub.target, Target::Command(_));
+        let mut message = match &sub.format {
+            Format::Standard => Message {
+                body: envelope(),
+                content_type: "application/json",
+                signed: true,
+                env: Vec::new(),
+                echo: None,
+            },
+            Format::Cryptoassets => {
+                let Some(update) = txupdate() else {
+                    return Ok(None);
+                };
+                Message {
+                    body: cryptoassets::form(&update),
+                    content_type: "application/x-www-form-urlencoded",
+                    signed: true,
+                    env: Vec::new(),
+                    echo: None,
+                }
+            }
+            Format::Ipn {
+                address,
+                max_confirms,
+            } => {
+                if !ipn::notifies(&event.kind, &event.data, *max_confirms) {
+                    return Ok(None);
+                }
+                let n = ipn::Notification {
+                    address: address.clone(),
+                    totals: ipn_totals(&self.pool, address, event.position, *max_confirms).await?,
+                    ipn_auth: sub.secret.clone(),
+                };
+                Message {
+                    body: n.form(),
+                    content_type: "application/x-www-form-urlencoded",
+                    signed: false,
+                    env: Vec::new(),
+                    echo: Some(n),
+                }
+            }
+        };
+        if command {
+            message
+                .env
+                .push(("CHAINLEDGER_EVENT_NAME", event.kind.clone()));
+            message.env.push(("CHAINLEDGER_EVENT_DATA", envelope()));
+            if let Some(update) = txupdate() {
+                let data = serde_json::to_string(&update).expect("a txupdate serialises");
+                message
+                    .env
+                    .push(("CRYPTOASSETS_EVENT_NAME", cryptoassets::EVENT_NAME.into()));
+                message.env.push(("CRYPTOASSETS_EVENT_DATA", data));
+            }
+        }
+        Ok(Some(message))
     }
 
     async fn record(&self, id: Uuid, entry: Entry) -> anyhow::Result<CursorState> {
@@ -346,55 +527,29 @@ impl Dispatcher {
     }
 
     /// One attempt; its outcome as a journal entry.
-    async fn send(&self, sub: &Subscriber, event: &StoredEvent, epoch: i32, attempt: i32) -> Entry {
-        let body = serde_json::to_vec(event).expect("an event serialises");
-        let msg_id = event.id.to_string();
-        let now = Utc::now();
-        let signature = sign::sign(&sub.secret, &msg_id, now.timestamp(), &body);
+    async fn send(
+        &self,
+        sub: &Subscriber,
+        event: &StoredEvent,
+        message: Message,
+        epoch: i32,
+        attempt: i32,
+    ) -> Entry {
         let started = Instant::now();
-        let result = match self.cfg.guard.check_url_syntax(&sub.url) {
-            Err(e) => Err(format!("refused: {e}")),
-            Ok(url) => self
-                .client
-                .post(url)
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .header(
-                    USER_AGENT,
-                    concat!("chainledger/", env!("CARGO_PKG_VERSION")),
-                )
-                .header("webhook-id", &msg_id)
-                .header("webhook-timestamp", now.timestamp().to_string())
-                .header("webhook-signature", signature)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| describe(&e)),
-        };
-        let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-        let (status_code, error, outcome, retry_after) = match result {
-            Ok(resp) => {
-                let code = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| schedule::parse_retry_after(v, Utc::now()));
-                if code.is_success() {
-                    (Some(code.as_u16()), None, Outcome::Delivered, None)
-                } else if code == reqwest::StatusCode::GONE {
-                    let e = "410 Gone: the receiver unsubscribed; disabled".to_string();
-                    (Some(code.as_u16()), Some(e), Outcome::Gone, None)
-                } else {
-                    let e = if code.is_redirection() {
-                        format!("HTTP {code} (redirects are not followed)")
-                    } else {
-                        format!("HTTP {code}")
-                    };
-                    (Some(code.as_u16()), Some(e), Outcome::Failed, retry_after)
+        let (status_code, error, outcome, retry_after) = match &sub.target {
+            Target::Url(url) => self.post(sub, url, event, message).await,
+            Target::Command(_) if !self.cfg.script_handlers => {
+                let e = "refused: script handlers are disabled (SCRIPT_HANDLERS)".to_string();
+                (None, Some(e), Outcome::Failed, None)
+            }
+            Target::Command(argv) => {
+                match script::run(argv, &message.env, self.cfg.timeout).await {
+                    Ok(()) => (None, None, Outcome::Delivered, None),
+                    Err(e) => (None, Some(e), Outcome::Failed, None),
                 }
             }
-            Err(e) => (None, Some(e), Outcome::Failed, None),
         };
+        let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         metrics::record_delivery(outcome.as_str(), started.elapsed());
         let next_attempt_at = (outcome == Outcome::Failed)
             .then(|| {
@@ -420,6 +575,116 @@ impl Dispatcher {
             next_attempt_at,
         }
     }
+
+    /// One HTTP request: (status code, error, outcome, Retry-After).
+    async fn post(
+        &self,
+        sub: &Subscriber,
+        url: &str,
+        event: &StoredEvent,
+        message: Message,
+    ) -> HttpOutcome {
+        let url = match self.cfg.guard.check_url_syntax(url) {
+            Ok(url) => url,
+            Err(e) => return (None, Some(format!("refused: {e}")), Outcome::Failed, None),
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static(message.content_type))
+            .header(
+                USER_AGENT,
+                concat!("chainledger/", env!("CARGO_PKG_VERSION")),
+            );
+        if message.signed {
+            let msg_id = event.id.to_string();
+            let now = Utc::now().timestamp();
+            let signature = sign::sign(&sub.secret, &msg_id, now, message.body.as_bytes());
+            request = request
+                .header("webhook-id", msg_id)
+                .header("webhook-timestamp", now.to_string())
+                .header("webhook-signature", signature);
+        }
+        let resp = match request.body(message.body).send().await {
+            Ok(resp) => resp,
+            Err(e) => return (None, Some(describe(&e)), Outcome::Failed, None),
+        };
+        let code = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| schedule::parse_retry_after(v, Utc::now()));
+        if code.is_success() {
+            let Some(sent) = &message.echo else {
+                return (Some(code.as_u16()), None, Outcome::Delivered, None);
+            };
+            let echoed = match read_limited(resp, MAX_ANSWER).await {
+                Ok(body) => sent.check_echo(&body),
+                Err(e) => Err(format!("cannot read the answer: {e}")),
+            };
+            match echoed {
+                Ok(()) => (Some(code.as_u16()), None, Outcome::Delivered, None),
+                Err(e) => {
+                    let e = format!("HTTP {code} without the IPN echo: {e}");
+                    (Some(code.as_u16()), Some(e), Outcome::Failed, retry_after)
+                }
+            }
+        } else if code == reqwest::StatusCode::GONE {
+            let e = "410 Gone: the receiver unsubscribed; disabled".to_string();
+            (Some(code.as_u16()), Some(e), Outcome::Gone, None)
+        } else {
+            let e = if code.is_redirection() {
+                format!("HTTP {code} (redirects are not followed)")
+            } else {
+                format!("HTTP {code}")
+            };
+            (Some(code.as_u16()), Some(e), Outcome::Failed, retry_after)
+        }
+    }
+}
+
+/// An HTTP attempt's status code, error, outcome and Retry-After.
+type HttpOutcome = (Option<u16>, Option<String>, Outcome, Option<Duration>);
+
+/// Longest answer read from an IPN receiver.
+const MAX_ANSWER: usize = 64 * 1024;
+
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("longer than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An address's IPN totals as of `position`: the latest event at or before it of each of
+/// the address's deposits (the `deposits` projection names them; their streams are read
+/// through the log's stream index).
+pub async fn ipn_totals(
+    pool: &PgPool,
+    address: &str,
+    position: i64,
+    max_confirms: u32,
+) -> Result<ipn::Totals, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT ON (e.stream) e.type AS kind, e.data
+           FROM deposits d
+           JOIN events e ON e.stream = 'deposit-' || d.txid || ':' || d.vout
+           WHERE d.address = $1 AND e.position <= $2
+           ORDER BY e.stream, e.stream_version DESC"#,
+        address,
+        position
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(ipn::totals(
+        rows.iter().map(|r| (r.kind.as_str(), &r.data)),
+        max_confirms,
+    ))
 }
 
 /// Subscribers with work now, and the soonest future retry.

@@ -522,7 +522,7 @@ pub async fn derived_address(
     }))
 }
 
-fn parse_address(s: &AppState, address: &str) -> Result<WatchedAddress, ApiError> {
+pub(super) fn parse_address(s: &AppState, address: &str) -> Result<WatchedAddress, ApiError> {
     WatchedAddress::parse(address, s.network.bitcoin()).map_err(|e| {
         let message = match &e {
             AddressError::WrongNetwork { .. } => {

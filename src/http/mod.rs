@@ -8,6 +8,7 @@ mod deposits;
 pub mod error;
 mod events;
 mod extract;
+mod ipn;
 mod openapi;
 mod status;
 mod stream;
@@ -46,6 +47,12 @@ pub struct AppState {
     pub webhook_guard: Arc<crate::delivery::Guard>,
     /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).
     pub wake_delivery: Arc<tokio::sync::Notify>,
+    /// Subscribers may be commands (SCRIPT_HANDLERS).
+    pub script_handlers: bool,
+    /// The `/btc` and `/btc_ipn` endpoints' own token (IPN_TOKEN), and the `ipn_auth` of
+    /// subscriptions they make (IPN_AUTH).
+    pub ipn_token: Option<Arc<str>>,
+    pub ipn_auth: Option<Arc<str>>,
     /// Tells the rescanner a rescan was requested.
     pub wake_rescans: Arc<tokio::sync::Notify>,
     /// Origins allowed cross-origin (CORS); empty: no CORS headers.
@@ -98,7 +105,16 @@ pub fn router(state: AppState) -> Router {
         .route("/subscribers/{id}/enable", post(subscribers::enable))
         .route("/subscribers/{id}/deliveries", get(subscribers::deliveries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The Crypto IPN service's routes, at the paths its clients use.
+    let ipn = Router::new()
+        .route("/btc", get(ipn::balance).post(ipn::balance))
+        .route("/btc_ipn", get(ipn::subscribe).post(ipn::subscribe))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ipn::require_token,
+        ));
     let app = Router::new()
+        .merge(ipn)
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))

@@ -1,6 +1,9 @@
 //! Webhook subscribers: create (the secret is shown once, here), list, inspect, replay,
 //! enable, delete, and the recent delivery attempts. Every change is a journal entry
 //! (`projections::cursors::record`) in the same transaction as its effect.
+//!
+//! A subscriber has a format (`standard`, `cryptoassets`, `ipn`: [`crate::delivery::Format`])
+//! and a target: a URL, or a command when the operator enabled script handlers.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +15,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::delivery::sign;
+use crate::compat::{cryptoassets, ipn};
+use crate::delivery::{script, sign, Format};
 use crate::domain::events::TypeFilter;
 use crate::projections::cursors::{self, Entry};
 use crate::store;
@@ -33,25 +37,44 @@ pub enum Start {
     Position(i64),
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
     /// http(s) URL; must resolve to public addresses unless WEBHOOK_ALLOW_NETS allows it.
-    url: String,
+    pub url: Option<String>,
+    /// Instead of `url`: a script handler, `["/absolute/path", "arg", …]`, run once per
+    /// event (only when the service runs with SCRIPT_HANDLERS=true).
+    pub command: Option<Vec<String>>,
+    /// `standard` (default), `cryptoassets` (txupdate form) or `ipn` (Crypto IPN).
+    pub format: Option<String>,
     /// Event types, exact or `deposit.*` wildcards, as a list or a comma string.
-    types: Option<Types>,
+    pub types: Option<Types>,
     /// Only events of this account (chain events carry no account and are skipped).
-    account_id: Option<Uuid>,
-    start: Option<Start>,
+    pub account_id: Option<Uuid>,
+    pub start: Option<Start>,
+    /// ipn: the watched address whose deposits are notified (required).
+    pub address: Option<String>,
+    /// ipn: no notification for a deposit beyond this many confirmations (default 3).
+    pub max_confirms: Option<u32>,
+    /// ipn: the shared secret sent as `ipn_auth` (default: a random one, shown once).
+    pub ipn_auth: Option<String>,
 }
 
 /// A subscriber as the API shows it.
 #[derive(Serialize, ToSchema)]
 pub struct SubscriberView {
     id: Uuid,
-    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<Vec<String>>,
+    format: String,
     types: Option<Vec<String>>,
     account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_confirms: Option<i32>,
     /// Every matching event up to this position has been delivered.
     cursor: i64,
     /// Positions between the cursor and the log's head.
@@ -61,9 +84,16 @@ pub struct SubscriberView {
     next_attempt_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
-    /// Only in the answer to the creation: sign-verification key, never shown again.
+    /// Only in the answer to the creation, never shown again: the signing key (standard,
+    /// cryptoassets) or the `ipn_auth` secret (ipn).
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+}
+
+impl SubscriberView {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -72,23 +102,76 @@ pub struct SubscriberList {
 }
 
 #[utoipa::path(post, path = "/v1/subscribers", tag = "webhooks", request_body = NewSubscriber,
-    responses((status = 201, body = SubscriberView), (status = 422, description = "invalid field")),
+    responses((status = 201, body = SubscriberView), (status = 403, description = "script handlers disabled"),
+        (status = 422, description = "invalid field")),
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     Json(body): Json<NewSubscriber>,
 ) -> Result<(StatusCode, axum::Json<SubscriberView>), ApiError> {
-    let url = body.url.trim();
-    if url.len() > 2000 {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(create_subscriber(&s, body).await?),
+    ))
+}
+
+/// Validates and creates a subscriber (also for `/btc_ipn`).
+pub async fn create_subscriber(
+    s: &AppState,
+    body: NewSubscriber,
+) -> Result<SubscriberView, ApiError> {
+    let (url, command) = match (body.url.as_deref().map(str::trim), body.command) {
+        (None, None) => return Err(ApiError::invalid_field("url", "required (or command)")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "command",
+                "give url or command, not both",
+            ))
+        }
+        (Some(url), None) => {
+            if url.len() > 2000 {
+                return Err(ApiError::invalid_field(
+                    "url",
+                    "longer than 2000 characters",
+                ));
+            }
+            s.webhook_guard
+                .check_url(url)
+                .await
+                .map_err(|e| ApiError::invalid_field("url", e))?;
+            (Some(url.to_string()), None)
+        }
+        (None, Some(command)) => {
+            if !s.script_handlers {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "script_handlers_disabled",
+                    "command: script handlers are disabled on this service (SCRIPT_HANDLERS=true enables them)",
+                ));
+            }
+            script::check_command(&command).map_err(|e| ApiError::invalid_field("command", e))?;
+            (None, Some(command))
+        }
+    };
+    let format_name = body.format.as_deref().unwrap_or("standard");
+    if !Format::NAMES.contains(&format_name) {
         return Err(ApiError::invalid_field(
-            "url",
-            "longer than 2000 characters",
+            "format",
+            format!("must be one of {}", Format::NAMES.join(", ")),
         ));
     }
-    s.webhook_guard
-        .check_url(url)
-        .await
-        .map_err(|e| ApiError::invalid_field("url", e))?;
+    let ipn = format_name == "ipn";
+    if !ipn {
+        for (field, given) in [
+            ("address", body.address.is_some()),
+            ("max_confirms", body.max_confirms.is_some()),
+            ("ipn_auth", body.ipn_auth.is_some()),
+        ] {
+            if given {
+                return Err(ApiError::invalid_field(field, "only with format ipn"));
+            }
+        }
+    }
     let spec = match &body.types {
         None => None,
         Some(Types::List(list)) => Some(list.join(",")),
@@ -106,6 +189,78 @@ pub async fn create(
             .collect()
     });
     let expanded = filter.map(|f| f.expand());
+    if format_name == "cryptoassets"
+        && expanded.as_ref().is_some_and(|types| {
+            !types
+                .iter()
+                .any(|t| cryptoassets::TYPES.contains(&t.as_str()))
+        })
+    {
+        return Err(ApiError::invalid_field(
+            "types",
+            format!(
+                "none of these becomes a cryptoassets txupdate ({})",
+                cryptoassets::TYPES.join(", ")
+            ),
+        ));
+    }
+    let (address, max_confirms) = if ipn {
+        if command.is_some() {
+            return Err(ApiError::invalid_field(
+                "command",
+                "IPN notifications are acknowledged over HTTP: give a url",
+            ));
+        }
+        for (field, given) in [
+            ("types", body.types.is_some()),
+            ("account_id", body.account_id.is_some()),
+        ] {
+            if given {
+                return Err(ApiError::invalid_field(
+                    field,
+                    "not with format ipn (it follows one address)",
+                ));
+            }
+        }
+        let Some(address) = body.address.as_deref() else {
+            return Err(ApiError::invalid_field(
+                "address",
+                "required with format ipn",
+            ));
+        };
+        let address = super::accounts::parse_address(s, address)
+            .map_err(|_| {
+                ApiError::invalid_field("address", "not a valid address for this network")
+            })?
+            .as_string();
+        let max_confirms = body.max_confirms.unwrap_or(ipn::DEFAULT_MAX_CONFIRMS);
+        if !(1..=s.final_confirmations).contains(&max_confirms) {
+            return Err(ApiError::invalid_field(
+                "max_confirms",
+                format!(
+                    "must be between 1 and {} (FINAL_CONFIRMATIONS)",
+                    s.final_confirmations
+                ),
+            ));
+        }
+        (Some(address), Some(max_confirms as i32))
+    } else {
+        (None, None)
+    };
+    let secret = if ipn {
+        match body.ipn_auth {
+            Some(a) if a.is_empty() || a.len() > 200 => {
+                return Err(ApiError::invalid_field(
+                    "ipn_auth",
+                    "must be 1 to 200 characters",
+                ))
+            }
+            Some(a) => a,
+            None => hex::encode(rand::random::<[u8; 16]>()),
+        }
+    } else {
+        sign::new_secret()
+    };
 
     let mut tx = s.pool.begin().await?;
     if let Some(account) = body.account_id {
@@ -117,6 +272,20 @@ pub async fn create(
         .await?;
         if exists != Some(true) {
             return Err(ApiError::invalid_field("account_id", "no such account"));
+        }
+    }
+    if let Some(address) = &address {
+        let watched = sqlx::query_scalar!(
+            "SELECT EXISTS (SELECT 1 FROM addresses WHERE address = $1)",
+            address
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if watched != Some(true) {
+            return Err(ApiError::invalid_field(
+                "address",
+                format!("{address} is not watched by any account (add it to one first)"),
+            ));
         }
     }
     let head = sqlx::query_scalar!("SELECT position FROM log_head")
@@ -144,15 +313,19 @@ pub async fn create(
         }
     };
     let id = Uuid::new_v4();
-    let secret = sign::new_secret();
     let created_at = sqlx::query_scalar!(
-        r#"INSERT INTO subscribers (subscriber_id, url, types, types_spec, account_id, secret, start_position)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at"#,
+        r#"INSERT INTO subscribers (subscriber_id, url, command, format, types, types_spec,
+                                    account_id, address, max_confirms, secret, start_position)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING created_at"#,
         id,
         url,
+        command.as_deref(),
+        format_name,
         expanded.as_deref(),
         entries.as_ref().map(|e| e.join(",")),
         body.account_id,
+        address,
+        max_confirms,
         secret,
         start
     )
@@ -161,24 +334,26 @@ pub async fn create(
     let state = cursors::record(&mut tx, &[(id, Entry::Created { start })]).await?;
     tx.commit().await?;
     s.wake_delivery.notify_one();
-    tracing::info!(subscriber = %id, url, cursor = start, "subscriber created");
+    tracing::info!(subscriber = %id, url, command = ?command, format = format_name,
+        address, cursor = start, "subscriber created");
     let state = &state[0];
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(SubscriberView {
-            id,
-            url: url.to_string(),
-            types: entries,
-            account_id: body.account_id,
-            cursor: state.cursor,
-            lag: head - state.cursor,
-            status: state.status.to_string(),
-            next_attempt_at: None,
-            last_error: None,
-            created_at,
-            secret: Some(secret),
-        }),
-    ))
+    Ok(SubscriberView {
+        id,
+        url,
+        command,
+        format: format_name.to_string(),
+        types: entries,
+        account_id: body.account_id,
+        address,
+        max_confirms,
+        cursor: state.cursor,
+        lag: head - state.cursor,
+        status: state.status.to_string(),
+        next_attempt_at: None,
+        last_error: None,
+        created_at,
+        secret: Some(secret),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/subscribers", tag = "webhooks",
@@ -267,7 +442,8 @@ async fn one(s: &AppState, id: Uuid) -> Result<SubscriberView, ApiError> {
 
 async fn views(s: &AppState, id: Option<Uuid>) -> Result<Vec<SubscriberView>, ApiError> {
     let rows = sqlx::query!(
-        r#"SELECT s.subscriber_id, s.url, s.types_spec, s.account_id, s.created_at,
+        r#"SELECT s.subscriber_id, s.url, s.command, s.format, s.address, s.max_confirms,
+                  s.types_spec, s.account_id, s.created_at,
                   c.cursor, c.status, c.next_attempt_at,
                   (SELECT position FROM log_head) AS "head!",
                   (SELECT a.error FROM delivery_attempts a
@@ -285,6 +461,10 @@ async fn views(s: &AppState, id: Option<Uuid>) -> Result<Vec<SubscriberView>, Ap
         .map(|r| SubscriberView {
             id: r.subscriber_id,
             url: r.url,
+            command: r.command,
+            format: r.format,
+            address: r.address,
+            max_confirms: r.max_confirms,
             types: r
                 .types_spec
                 .map(|t| t.split(',').map(String::from).collect()),

@@ -225,7 +225,7 @@ pub async fn read_after<'c>(
     limit: i64,
     types: Option<&[String]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read_matching(conn, after, limit, types, None).await
+    read_matching(conn, after, limit, types, None, None).await
 }
 
 /// Every event in (after, to], streamed by one query (a rebuild's read).
@@ -245,13 +245,14 @@ pub fn read_range<'c>(
     .fetch(conn)
 }
 
-/// [`read_after`], also filtered to the events whose data names `account`.
+/// [`read_after`], also filtered to the events whose data names `account` and `address`.
 pub async fn read_matching<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     after: i64,
     limit: i64,
     types: Option<&[String]>,
     account: Option<Uuid>,
+    address: Option<&str>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as!(
         StoredEvent,
@@ -260,12 +261,14 @@ pub async fn read_matching<'c>(
            FROM events
            WHERE position > $1 AND ($2::text[] IS NULL OR type = ANY($2))
              AND ($4::uuid IS NULL OR data->>'account_id' = $4::text)
+             AND ($5::text IS NULL OR data->>'address' = $5)
            ORDER BY position
            LIMIT $3"#,
         after,
         types as Option<&[String]>,
         limit,
-        account
+        account,
+        address
     )
     .fetch_all(conn)
     .await

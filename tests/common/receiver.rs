@@ -18,6 +18,12 @@ pub enum Mode {
     Status(u16, Option<u64>),
     /// Never answer (until the client gives up).
     Hang,
+    /// A Crypto IPN receiver: 200 with the form's `address`, `confirmed`, `unconfirmed`
+    /// echoed as JSON (as decimal strings, as its README shows); `wrong` echoes a wrong
+    /// `confirmed`.
+    IpnEcho {
+        wrong: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +144,19 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             (0, StatusCode::OK.into_response())
+        }
+        Mode::IpnEcho { wrong } => {
+            let form: std::collections::HashMap<String, String> =
+                serde_urlencoded::from_bytes(&body).unwrap_or_default();
+            let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+            let confirmed = if wrong {
+                "21000000".to_string()
+            } else {
+                field("confirmed")
+            };
+            let echo = serde_json::json!({"address": field("address"), "confirmed": confirmed,
+                                          "unconfirmed": field("unconfirmed")});
+            (200, axum::Json(echo).into_response())
         }
     };
     inner.got.lock().unwrap().push(Received {
