@@ -13,8 +13,11 @@
 //! - [`chain`]: the node client, the chain follower (blocks, reorgs) and the mempool watcher.
 //!   A block is processed in [`chain::follower`].
 //! - [`delivery`]: webhooks: the dispatcher, per-subscriber workers under a lease, Standard
-//!   Webhooks signing, the retry schedule, the SSRF guard. A webhook is sent in
-//!   [`delivery::Dispatcher`]'s `send`; cursors are the fold in [`projections::cursors`].
+//!   Webhooks signing, the retry schedule, the SSRF guard, delivery formats and script
+//!   handlers. A webhook is sent in [`delivery::Dispatcher`]'s `send`; cursors are the fold
+//!   in [`projections::cursors`].
+//! - [`compat`]: what cryptoassets.core, the Crypto IPN service and Bitcart put on the
+//!   wire, mapped from our events (pure); their endpoints are in [`http`].
 //! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
 //!   metrics, OpenAPI.
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.

@@ -66,7 +66,7 @@ fn fields(query: Option<String>, body: &Bytes) -> HashMap<String, String> {
     fields
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Totals {
     address: String,
     /// BTC as a JSON number, as the original answers; `*_sats` are exact.
@@ -76,6 +76,12 @@ pub struct Totals {
     unconfirmed_sats: u64,
 }
 
+#[utoipa::path(get, path = "/btc", tag = "crypto-ipn",
+    description = "Also POST, with `address` as a form field.",
+    params(("address" = String, Query, description = "a watched address")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = Totals), (status = 400), (status = 404)),
+    security(("bearer" = [])))]
 /// `/btc`: `confirmed` is what the address's deposits credited (their account's credit
 /// threshold reached, final included), `unconfirmed` the rest still standing (mempool
 /// included).
@@ -113,6 +119,15 @@ pub async fn balance(
     }))
 }
 
+#[utoipa::path(get, path = "/btc_ipn", tag = "crypto-ipn",
+    description = "Also POST, with the fields in a form body. Answers text `success` or `fail`.",
+    params(("address" = String, Query, description = "a watched address"),
+           ("url" = String, Query, description = "where IPN notifications go"),
+           ("max_confirms" = Option<u32>, Query, description = "default 3"),
+           ("ipn_auth" = Option<String>, Query, description = "default IPN_AUTH, else random")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "success"), (status = 422, description = "fail")),
+    security(("bearer" = [])))]
 /// `/btc_ipn`: `success` once `url` is subscribed to the address (again: already
 /// subscribed with the same `max_confirms` is a success too); else `fail`, with the reason
 /// in the `chainledger-error` header and the log.

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audit, deposits, events, status, stream, subscribers, withdrawals};
+use super::{accounts, audit, deposits, events, ipn, status, stream, subscribers, withdrawals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,8 @@ use super::{accounts, audit, deposits, events, status, stream, subscribers, with
         subscribers::deliveries,
         audit::export,
         withdrawals::create,
+        ipn::balance,
+        ipn::subscribe,
     ),
     modifiers(&BearerAuth)
 )]
