@@ -98,7 +98,8 @@ impl Drop for Listener {
 async fn cryptoassets_listener_receives_every_confirmation_change_as_txupdate() {
     let (node, svc) = service_with(false).await;
     let listener = Listener::start();
-    let address = foreign_address();
+    // A wallet address, so the deposit can be withdrawn below (nothing else spends here).
+    let address = node.new_address("legacy");
     let account = svc.account_watching(&address).await;
     let (status, sub) = svc
         .post(
@@ -138,6 +139,35 @@ async fn cryptoassets_listener_receives_every_confirmation_change_as_txupdate() 
         assert_eq!(d["transaction_type"], "deposit");
         assert_eq!(d["coin_name"], "btc");
     }
+    // A withdrawal through the API: txupdates of type broadcast, at 0 and 1 confirmations.
+    let raw = node.signed_spend(&txid, vout, &foreign_address(), 1.2499);
+    let (status, w) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": account, "raw_tx": raw}),
+        )
+        .await;
+    assert_eq!(status, 201, "{w}");
+    node.mine(1);
+    svc.synced_to(node.height()).await;
+    let broadcasts = eventually(Duration::from_secs(20), || async {
+        let got = listener.events();
+        (got.len() >= 9).then_some(got[7..].to_vec())
+    })
+    .await;
+    for (i, u) in broadcasts.iter().enumerate() {
+        let d = &u["data"];
+        assert_eq!(d["transaction_type"], "broadcast", "{d}");
+        assert_eq!(d["txid"], w["txid"]);
+        assert_eq!(d["transaction"], w["txid"]);
+        assert_eq!(d["confirmations"], i as u64);
+        assert_eq!(
+            d["amount"], "1.25000000",
+            "what left the account, the fee included"
+        );
+        assert_eq!(d["account"], account.as_str());
+    }
+
     // A format that does not exist, and IPN fields on another format, are named.
     let (status, e) = svc
         .post(
