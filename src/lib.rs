@@ -17,6 +17,8 @@
 //!   [`delivery::Dispatcher`]'s `send`; cursors are the fold in [`projections::cursors`].
 //! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
 //!   metrics, OpenAPI.
+//! - [`compat`]: pure translations of the log into other systems' event formats:
+//!   [`compat::bitcart`] (what a Bitcart daemon would send the Bitcart SDK).
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
 //! - [`tools`]: the operator subcommands (`rebuild-projections`, `audit-export`,
 //!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].
@@ -26,6 +28,7 @@
 pub mod app;
 pub mod audit;
 pub mod chain;
+pub mod compat;
 pub mod config;
 pub mod db;
 pub mod delivery;
