@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown: never_stop.subscribe(),
         cors_allow_origins: Vec::new(),
         wake_rescans: Arc::default(),
+        bitcart_auth: Arc::new(http::BasicAuth::new("bench", "bench-token-0123456789")),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
