@@ -16,7 +16,8 @@
 //!   Webhooks signing, the retry schedule, the SSRF guard. A webhook is sent in
 //!   [`delivery::Dispatcher`]'s `send`; cursors are the fold in [`projections::cursors`].
 //! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
-//!   metrics, OpenAPI.
+//!   metrics, OpenAPI, and the Bitcart-daemon-compatible JSON-RPC and websocket
+//!   (`/bitcart`), whose cursors live in `migrations/0006_bitcart.sql`.
 //! - [`compat`]: pure translations of the log into other systems' event formats:
 //!   [`compat::bitcart`] (what a Bitcart daemon would send the Bitcart SDK).
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
