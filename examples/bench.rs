@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         script_handlers: false,
         ipn_token: None,
         ipn_auth: None,
+        bitcart_auth: Arc::new(http::BasicAuth::new("bench", "bench-token-0123456789")),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

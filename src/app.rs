@@ -113,11 +113,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .context("failed to set up webhook delivery")?;
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
 
+    let api_token = cfg.api_token.clone().unwrap_or_default();
+    let bitcart_password = cfg.bitcart_password.as_deref().unwrap_or(&api_token);
     let state = AppState {
+        bitcart_auth: Arc::new(http::BasicAuth::new(&cfg.bitcart_user, bitcart_password)),
         pool,
         node,
         network: cfg.network,
-        api_token: Arc::from(cfg.api_token.clone().unwrap_or_default()),
+        api_token: Arc::from(api_token.as_str()),
         credit_confirmations: cfg.credit_confirmations,
         final_confirmations: cfg.final_confirmations,
         log,

@@ -217,6 +217,14 @@ pub struct Config {
     /// `ipn_auth` field; unset: a random one per subscription.
     #[arg(long, env = "IPN_AUTH", hide_env_values = true)]
     pub ipn_auth: Option<String>,
+    /// User name the Bitcart-daemon-compatible endpoint (/bitcart) asks for (HTTP Basic
+    /// auth, the SDK's rpc_user). It also names the client's cursors there.
+    #[arg(long, env = "BITCART_USER", default_value = "chainledger")]
+    pub bitcart_user: String,
+    /// Password of /bitcart (the SDK's rpc_pass), at least 16 characters; default:
+    /// API_TOKEN.
+    #[arg(long, env = "BITCART_PASSWORD", hide_env_values = true)]
+    pub bitcart_password: Option<String>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -305,6 +313,16 @@ impl Config {
         {
             return Err("IPN_TOKEN is too short: it needs at least 16 characters".into());
         }
+        if self.bitcart_user.is_empty() || self.bitcart_user.contains(':') {
+            return Err("BITCART_USER must be non-empty and without `:` (HTTP Basic auth)".into());
+        }
+        if self
+            .bitcart_password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < 16)
+        {
+            return Err("BITCART_PASSWORD is too short: it needs at least 16 characters".into());
+        }
         if self.credit_confirmations > self.final_confirmations {
             return Err(format!(
                 "CREDIT_CONFIRMATIONS ({}) is above FINAL_CONFIRMATIONS ({})",
@@ -350,6 +368,11 @@ impl fmt::Debug for Config {
             .field("script_handlers", &self.script_handlers)
             .field("ipn_token", &self.ipn_token.as_ref().map(|_| "<redacted>"))
             .field("ipn_auth", &self.ipn_auth.as_ref().map(|_| "<redacted>"))
+            .field("bitcart_user", &self.bitcart_user)
+            .field(
+                "bitcart_password",
+                &self.bitcart_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -385,5 +408,29 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres:///db"), "postgres:///db");
+    }
+
+    #[test]
+    fn bitcart_credentials_default_to_the_api_token_and_a_short_password_is_refused() {
+        let mut cfg = Config::with_defaults(
+            "postgres://u@h/db",
+            "http://127.0.0.1:1",
+            "u",
+            "p",
+            "a-token-of-16-chars",
+        );
+        assert_eq!(
+            (cfg.bitcart_user.as_str(), cfg.bitcart_password.as_deref()),
+            ("chainledger", None)
+        );
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.bitcart_password = Some("electrumz".into());
+        assert!(cfg.validate().unwrap_err().starts_with("BITCART_PASSWORD"));
+        cfg.bitcart_password = None;
+        cfg.bitcart_user = "a:b".into();
+        assert!(cfg.validate().unwrap_err().starts_with("BITCART_USER"));
+        cfg.bitcart_password = Some("a-bitcart-password-0123".into());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("a-token-of-16-chars") && !shown.contains("a-bitcart-password"));
     }
 }

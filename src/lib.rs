@@ -19,7 +19,10 @@
 //! - [`compat`]: what cryptoassets.core, the Crypto IPN service and Bitcart put on the
 //!   wire, mapped from our events (pure); their endpoints are in [`http`].
 //! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
-//!   metrics, OpenAPI.
+//!   metrics, OpenAPI, and the Bitcart-daemon-compatible JSON-RPC and websocket
+//!   (`/bitcart`), whose cursors live in `migrations/0006_bitcart.sql`.
+//! - [`compat`]: pure translations of the log into other systems' event formats:
+//!   [`compat::bitcart`] (what a Bitcart daemon would send the Bitcart SDK).
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
 //! - [`tools`]: the operator subcommands (`rebuild-projections`, `audit-export`,
 //!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].

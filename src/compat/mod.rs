@@ -2,5 +2,6 @@
 //! from our events: pure mappings, no IO. The delivery formats in [`crate::delivery`] and
 //! the compatibility endpoints in [`crate::http`] use them.
 
+pub mod bitcart;
 pub mod cryptoassets;
 pub mod ipn;

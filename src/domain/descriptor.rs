@@ -105,6 +105,19 @@ impl AccountDescriptor {
         Self::parse(&spec, network)
     }
 
+    /// The extended public keys it derives from (base58, as an xpub/tpub is written), in
+    /// the order they appear: how a Bitcart wallet (an xpub) finds its accounts.
+    pub fn xpubs(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.desc.for_each_key(|k| {
+            if let DescriptorPublicKey::XPub(x) = k {
+                keys.push(x.xkey.to_string());
+            }
+            true
+        });
+        keys
+    }
+
     /// The canonical spelling, with its checksum.
     pub fn canonical(&self) -> String {
         self.desc.to_string()
@@ -245,5 +258,21 @@ mod tests {
             "checksum checked"
         );
         assert!(good.derive(1 << 31).is_err());
+    }
+
+    #[test]
+    fn names_its_extended_keys_as_written_whatever_the_origin_and_path() {
+        let d = AccountDescriptor::parse(
+            &format!("sh(wpkh([d34db33f/84h/0h/0h]{CHILD}/0/*))"),
+            Network::Bitcoin,
+        )
+        .unwrap();
+        assert_eq!(d.xpubs(), [CHILD]);
+        let multi = AccountDescriptor::parse(
+            &format!("wsh(sortedmulti(1,{PARENT}/0/*,{CHILD}/0/*))"),
+            Network::Bitcoin,
+        )
+        .unwrap();
+        assert_eq!(multi.xpubs(), [PARENT, CHILD]);
     }
 }

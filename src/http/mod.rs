@@ -4,6 +4,7 @@
 
 mod accounts;
 mod audit;
+mod bitcart;
 mod deposits;
 pub mod error;
 mod events;
@@ -28,6 +29,7 @@ use sqlx::PgPool;
 use crate::chain::{FollowerStatus, Node};
 use crate::config::NetworkName;
 use crate::store::notify::LogWatch;
+pub use bitcart::BasicAuth;
 use error::ApiError;
 
 /// Request bodies larger than this are refused with 413.
@@ -57,6 +59,8 @@ pub struct AppState {
     pub wake_rescans: Arc<tokio::sync::Notify>,
     /// Origins allowed cross-origin (CORS); empty: no CORS headers.
     pub cors_allow_origins: Vec<axum::http::HeaderValue>,
+    /// The Basic-auth credentials of the Bitcart-compatible endpoint.
+    pub bitcart_auth: Arc<BasicAuth>,
     /// Becomes true at shutdown: open streams and long polls end so the server can stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -120,6 +124,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi::spec))
         .nest("/v1", v1)
+        // The Bitcart-daemon-compatible endpoint has its own (Basic) auth, so it stays
+        // outside /v1. The SDK asks for /ws and /spec at the root whatever its URL's path.
+        .route("/bitcart", post(bitcart::rpc))
+        .route("/bitcart/", post(bitcart::rpc))
+        .route("/bitcart/ws", get(bitcart::ws))
+        .route("/ws", get(bitcart::ws))
+        .route("/bitcart/spec", get(bitcart::spec))
+        .route("/spec", get(bitcart::spec))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let app = match cors {

@@ -254,20 +254,47 @@ pub async fn read_matching<'c>(
     account: Option<Uuid>,
     address: Option<&str>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let accounts = account.map(|a| [a]);
+    read_for_accounts(
+        conn,
+        after,
+        limit,
+        types,
+        accounts.as_ref().map(|a| &a[..]),
+        false,
+        address,
+    )
+    .await
+}
+
+/// Up to `limit` events after `after`, in position order: of `types` (already expanded to
+/// exact names; `None`: all), naming one of `accounts` in their data (`None`: any), and
+/// with `unowned` also those naming no account (the chain's: what a Bitcart wallet sees).
+pub async fn read_for_accounts<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    after: i64,
+    limit: i64,
+    types: Option<&[String]>,
+    accounts: Option<&[Uuid]>,
+    unowned: bool,
+    address: Option<&str>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as!(
         StoredEvent,
         r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
                   data, schema_version, metadata, prev_hash, hash
            FROM events
            WHERE position > $1 AND ($2::text[] IS NULL OR type = ANY($2))
-             AND ($4::uuid IS NULL OR data->>'account_id' = $4::text)
-             AND ($5::text IS NULL OR data->>'address' = $5)
+             AND ($4::uuid[] IS NULL OR data->>'account_id' = ANY($4::uuid[]::text[])
+                  OR ($5 AND NOT data ? 'account_id'))
+             AND ($6::text IS NULL OR data->>'address' = $6)
            ORDER BY position
            LIMIT $3"#,
         after,
         types as Option<&[String]>,
         limit,
-        account,
+        accounts as Option<&[Uuid]>,
+        unowned,
         address
     )
     .fetch_all(conn)
