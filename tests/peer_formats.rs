@@ -358,6 +358,55 @@ async fn ipn_receivers_get_each_notification_once_and_a_wrong_echo_keeps_getting
         .get(&format!("/btc?address={}", foreign_address()))
         .await;
     assert_eq!(status, 404);
+
+    // A deposit first seen in a block, 5 deep (found by a rescan): its seen and first
+    // confirmed events are one change, notified once; the 6th confirmation reaches
+    // max_confirms: notified as confirmed.
+    let old = foreign_address();
+    let from = node.height() + 1;
+    node.send(&old, "0.7");
+    node.mine(5);
+    svc.synced_to(node.height()).await;
+    let (_, a) = svc.post("/v1/accounts", json!({"label": "old"})).await;
+    let (status, added) = svc
+        .post(
+            &format!("/v1/accounts/{}/addresses", a["id"].as_str().unwrap()),
+            json!({"address": old, "rescan_from_height": from}),
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let late = Receiver::start().await;
+    late.set_mode(Mode::IpnEcho { wrong: false });
+    let (status, sub) = svc
+        .post(
+            "/v1/subscribers",
+            json!({"url": late.url, "format": "ipn", "address": old, "max_confirms": 6, "start": "beginning"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    eventually(Duration::from_secs(20), || async {
+        (!forms(&late).is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(forms(&late).len(), 1, "{:?}", forms(&late));
+    node.mine(1);
+    svc.synced_to(node.height()).await;
+    eventually(Duration::from_secs(20), || async {
+        (forms(&late).len() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = forms(&late);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let totals: Vec<_> = got
+        .iter()
+        .map(|(_, f)| (field(f, "confirmed"), field(f, "unconfirmed")))
+        .collect();
+    assert_eq!(
+        totals,
+        [("0.00000000", "0.70000000"), ("0.70000000", "0.00000000")]
+    );
 }
 
 /// A handler script that records its environment in `dir` and exits with the status in

@@ -3,11 +3,13 @@
 //! as a form (`event_name`, `data` and `xdata` holding the same JSON); its script handler
 //! puts it in `CRYPTOASSETS_EVENT_NAME` / `CRYPTOASSETS_EVENT_DATA`.
 //!
-//! Which of our events are confirmation changes: `deposit.seen`, `deposit.confirmed` and
-//! `deposit.reorged` (confirmations back to 0), and their withdrawal twins. The others
-//! repeat a confirmation count already sent (`*.credited` and `*.final` follow a
-//! `*.confirmed` at the same count, `deposit.credit_reversed` follows a `deposit.reorged`)
-//! or have no txupdate equivalent (`*.dropped`, `*.replaced`).
+//! Which of our events are confirmation changes: `deposit.seen` in the mempool (0
+//! confirmations), `deposit.confirmed` and `deposit.reorged` (confirmations back to 0), and
+//! their withdrawal twins. The others repeat a confirmation count already sent (a deposit
+//! first seen in a block has its `deposit.seen` followed by a `deposit.confirmed` at the
+//! same count; `*.credited` and `*.final` follow a `*.confirmed` at the same count,
+//! `deposit.credit_reversed` follows a `deposit.reorged`) or have no txupdate equivalent
+//! (`*.dropped`, `*.replaced`).
 //!
 //! cryptoassets.core's integer database ids have no counterpart here: `transaction` is the
 //! deposit's `txid:vout` (a withdrawal's txid), `network_transaction` the txid, `account`
@@ -74,6 +76,9 @@ pub fn txupdate(kind: &str, data: &Value, credit_confirmations: u32) -> Option<T
         return None;
     }
     let f = Fields::deserialize(data).ok()?;
+    if kind == DEPOSIT_SEEN && f.confirmations > 0 {
+        return None; // the deposit.confirmed right after it says the same
+    }
     let deposit = kind.starts_with("deposit.");
     let threshold = f.credit_confirmations.unwrap_or(credit_confirmations);
     Some(TxUpdate {
@@ -135,6 +140,8 @@ mod tests {
         );
         assert!(!txupdate(DEPOSIT_SEEN, &deposit(0), 6).unwrap().credited);
         assert!(txupdate("deposit.credited", &deposit(3), 6).is_none());
+        // First seen in a block: the deposit.confirmed after it is the one update.
+        assert!(txupdate(DEPOSIT_SEEN, &deposit(2), 6).is_none());
         assert!(txupdate("deposit.final", &deposit(15), 6).is_none());
         assert!(txupdate("block.connected", &json!({"height": 1}), 6).is_none());
     }

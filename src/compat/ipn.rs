@@ -6,9 +6,11 @@
 //! never read) is `unconfirmed`.
 //!
 //! An IPN subscriber is notified of every deposit event to its address that changes those
-//! totals: `deposit.seen`, `deposit.confirmed` up to `max_confirms` (not beyond: the
-//! deposit counts as confirmed from there on), `deposit.reorged`, `deposit.dropped`,
-//! `deposit.replaced`.
+//! totals: `deposit.seen` in the mempool, `deposit.confirmed` up to `max_confirms` (not
+//! beyond: the deposit counts as confirmed from there on) and the first one whatever its
+//! count (a deposit first seen in a block: its `deposit.seen` is followed by that
+//! `deposit.confirmed` at the same count, notified once), `deposit.reorged`,
+//! `deposit.dropped`, `deposit.replaced`.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -38,13 +40,20 @@ struct Fields {
     confirmations: u32,
 }
 
-/// Whether this event is notified to a subscriber with this `max_confirms`.
-pub fn notifies(kind: &str, data: &Value, max_confirms: u32) -> bool {
-    if !TYPES.contains(&kind) {
+/// Whether this event (type, stream version, data) is notified to a subscriber with this
+/// `max_confirms`.
+pub fn notifies(kind: &str, stream_version: i32, data: &Value, max_confirms: u32) -> bool {
+    let Ok(f) = Fields::deserialize(data) else {
         return false;
+    };
+    match kind {
+        DEPOSIT_SEEN => f.confirmations == 0,
+        // Version 1 is the first deposit.confirmed when the deposit was first seen in a
+        // block (else the one at 1 confirmation, within any max_confirms).
+        DEPOSIT_CONFIRMED => f.confirmations <= max_confirms || stream_version == 1,
+        DEPOSIT_REORGED | DEPOSIT_DROPPED | DEPOSIT_REPLACED => true,
+        _ => false,
     }
-    kind != DEPOSIT_CONFIRMED
-        || Fields::deserialize(data).is_ok_and(|f| f.confirmations <= max_confirms)
 }
 
 /// An address's totals.
@@ -164,12 +173,23 @@ mod tests {
 
     #[test]
     fn max_confirms_stops_confirmations_beyond_it() {
-        assert!(notifies(DEPOSIT_SEEN, &d(1, 0), 2));
-        assert!(notifies(DEPOSIT_CONFIRMED, &d(1, 2), 2));
-        assert!(!notifies(DEPOSIT_CONFIRMED, &d(1, 3), 2));
-        assert!(notifies(DEPOSIT_REORGED, &d(1, 0), 2));
-        assert!(!notifies("deposit.credited", &d(1, 2), 2));
-        assert!(!notifies("block.connected", &json!({}), 2));
+        assert!(notifies(DEPOSIT_SEEN, 0, &d(1, 0), 2));
+        assert!(notifies(DEPOSIT_CONFIRMED, 2, &d(1, 2), 2));
+        assert!(!notifies(DEPOSIT_CONFIRMED, 3, &d(1, 3), 2));
+        assert!(notifies(DEPOSIT_REORGED, 4, &d(1, 0), 2));
+        assert!(!notifies("deposit.credited", 3, &d(1, 2), 2));
+        assert!(!notifies("block.connected", 0, &json!({"height": 1}), 2));
+    }
+
+    #[test]
+    fn a_deposit_first_seen_in_a_block_is_notified_once() {
+        // seen (v0) and confirmed (v1) at the same count: the confirmed one is notified,
+        // even beyond max_confirms (a rescan finding an old deposit).
+        assert!(!notifies(DEPOSIT_SEEN, 0, &d(1, 1), 2));
+        assert!(notifies(DEPOSIT_CONFIRMED, 1, &d(1, 1), 2));
+        assert!(!notifies(DEPOSIT_SEEN, 0, &d(1, 9), 2));
+        assert!(notifies(DEPOSIT_CONFIRMED, 1, &d(1, 9), 2));
+        assert!(!notifies(DEPOSIT_CONFIRMED, 2, &d(1, 10), 2));
     }
 
     #[test]

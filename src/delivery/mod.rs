@@ -486,7 +486,12 @@ impl Dispatcher {
                 address,
                 max_confirms,
             } => {
-                if !ipn::notifies(&event.kind, &event.data, *max_confirms) {
+                if !ipn::notifies(
+                    &event.kind,
+                    event.stream_version,
+                    &event.data,
+                    *max_confirms,
+                ) {
                     return Ok(None);
                 }
                 let n = ipn::Notification {
