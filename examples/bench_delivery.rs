@@ -728,6 +728,122 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// ipnidle
+
+/// `ipnidle`: S IPN subscribers, one per watched address (as a shop subscribes each invoice
+/// address), none of which the appended events concern; A appends of 100 `deposit.seen`
+/// events for another address, one transaction each, waiting after each until every
+/// cursor has reached the head: what idle IPN subscribers cost the dispatcher per append.
+async fn ipn_idle(args: &[String]) -> anyhow::Result<()> {
+    let subscribers: usize = args.first().map_or(Ok(1000), |s| s.parse())?;
+    let appends: usize = args.get(1).map_or(Ok(20), |s| s.parse())?;
+    let rpc = Rpc::from_env(Duration::from_secs(60))?;
+    let receiver = ReceiverProc::start().await?;
+    let url = create_database("ipn_idle").await?;
+    let pool = PgPool::connect(&url).await?;
+    let running = chainledger::app::start(config(&url, &rpc, rpc.height()? + 1, 16, 1000)).await?;
+    let api = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(path)
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 201, "{} {}", r.status(), r.text().await?);
+            Ok::<Value, anyhow::Error>(r.json().await?)
+        }
+    };
+    let account = post(format!("{api}/v1/accounts"), json!({"label": "shop"})).await?;
+    let account = account["id"].as_str().context("account id")?.to_string();
+    let started = Instant::now();
+    for _ in 0..subscribers {
+        let hash: [u8; 20] = rand::thread_rng().gen();
+        let address = Address::p2pkh(PubkeyHash::from_byte_array(hash), Network::Regtest);
+        post(
+            format!("{api}/v1/accounts/{account}/addresses"),
+            json!({"address": address.to_string()}),
+        )
+        .await?;
+        post(
+            format!("{api}/v1/subscribers"),
+            json!({"url": receiver.url(), "format": "ipn", "address": address.to_string()}),
+        )
+        .await?;
+    }
+    let setup = started.elapsed().as_secs_f64();
+    let journal = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery_attempts")
+            .fetch_one(&pool)
+            .await
+    };
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    let postmaster = cpu(&backend.to_string()).context("backend")?.0;
+    let journal_before = journal().await?;
+    // After each append: the time until the subscribers' cursors and journal stop changing
+    // (the last change; "quiet" = unchanged for QUIET), and the CPU the service and
+    // PostgreSQL spend in that window.
+    const QUIET: Duration = Duration::from_millis(500);
+    let (mut settle, mut cpu_ms) = (Vec::new(), Vec::new());
+    for i in 0..appends {
+        let batch = shared::deposit_seen_events(100, 1_000_000 + i * 100);
+        let before = cpu_sample(postmaster, receiver.pid());
+        let mut tx = pool.begin().await?;
+        store::append(&mut tx, &batch).await?;
+        tx.commit().await?;
+        let t = Instant::now();
+        let state = || async {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT sum(journal_n)::bigint FROM subscriber_cursors",
+            )
+            .fetch_one(&pool)
+            .await
+        };
+        let (mut last, mut changed_at) = (state().await?, Duration::ZERO);
+        while t.elapsed() - changed_at < QUIET {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let now = state().await?;
+            if now != last {
+                (last, changed_at) = (now, t.elapsed());
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "never quiet");
+        }
+        let used = cpu_sample(postmaster, receiver.pid()) - before;
+        settle.push(changed_at.as_secs_f64() * 1000.0);
+        cpu_ms.push((used.this + used.postgres) * 1000.0);
+    }
+    let behind: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriber_cursors c, log_head h WHERE c.cursor < h.position",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let rows = journal().await? - journal_before;
+    let (received, _) = receiver.count().await?;
+    running.shutdown().await;
+    pool.close().await;
+    anyhow::ensure!(received == 0, "the receiver got {received} requests");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    settle.sort_by(f64::total_cmp);
+    println!("{subscribers} IPN subscribers (set up in {setup:.1} s), {appends} appends of 100 events for another address:\n");
+    println!("| after an append: cursors settled, p50 ms | p90 ms | max ms | service + PostgreSQL CPU ms per append (incl. {} ms quiet) | journal rows per append | subscribers behind the head at the end |", QUIET.as_millis());
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {behind} |",
+        percentile(&settle, 50.0),
+        percentile(&settle, 90.0),
+        settle[settle.len() - 1],
+        mean(&cpu_ms),
+        rows as f64 / appends as f64
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new()?;
@@ -742,8 +858,9 @@ fn main() -> anyhow::Result<()> {
         match args.first().map(String::as_str) {
             Some("delivery") => delivery(&args[1..]).await,
             Some("latency") => latency(&args[1..]).await,
+            Some("ipnidle") => ipn_idle(&args[1..]).await,
             _ => bail!(
-                "usage: bench_delivery delivery [DELIVERIES SECONDS] | latency [BLOCKS POLL_INTERVAL_MS] | receiver"
+                "usage: bench_delivery delivery [DELIVERIES SECONDS] | latency [BLOCKS POLL_INTERVAL_MS] | ipnidle [SUBSCRIBERS APPENDS] | receiver"
             ),
         }
     })

@@ -561,3 +561,55 @@ async fn script_handlers_are_refused_unless_enabled() {
     assert_eq!(status, 422, "{e}");
     assert!(e["error"]["message"].as_str().unwrap().starts_with("url:"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ipn_subscribers_skip_other_events_and_still_get_their_own() {
+    let (node, svc) = service_with(false).await;
+    let address = foreign_address();
+    svc.account_watching(&address).await;
+    let r = Receiver::start().await;
+    r.set_mode(Mode::IpnEcho { wrong: false });
+    let (status, sub) = svc
+        .post(
+            "/v1/subscribers",
+            json!({"url": r.url, "format": "ipn", "address": address}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let id = sub["id"].as_str().unwrap().to_string();
+
+    // More than IDLE_STEP (10,000) events concerning other addresses, in one append: the
+    // subscriber gets no worker for them, and its cursor is moved past them in one step.
+    let pool = sqlx::PgPool::connect(svc.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let other: Vec<chainledger::domain::events::NewEvent> = (0..10_050u64)
+        .map(|i| chainledger::domain::events::NewEvent {
+            stream: format!("deposit-{i:064x}:0"),
+            expected_version: None,
+            kind: "deposit.seen",
+            data: json!({"address": foreign_address(), "txid": format!("{i:064x}"), "vout": 0,
+                         "amount_sats": 1000, "confirmations": 0}),
+            metadata: json!({"source": "test"}),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    chainledger::store::append(&mut tx, &other).await.unwrap();
+    tx.commit().await.unwrap();
+    let head = svc.head().await;
+    eventually(Duration::from_secs(20), || async {
+        let (_, v) = svc.get(&format!("/v1/subscribers/{id}")).await;
+        (v["cursor"].as_i64() == Some(head)).then_some(())
+    })
+    .await;
+    assert!(r.received().is_empty());
+
+    // Its own deposit still arrives.
+    let txid = node.send(&address, "0.5");
+    let got = eventually(Duration::from_secs(20), || async {
+        let got = forms(&r);
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(field(&got[0].1, "unconfirmed"), "0.50000000", "{txid}");
+}

@@ -309,7 +309,14 @@ impl Dispatcher {
             }
             let mut sleep_for = Duration::from_secs(1);
             match due(&this.pool).await {
-                Ok((ready, soonest)) => {
+                Ok(Due {
+                    ready,
+                    soonest,
+                    idle,
+                }) => {
+                    if let Err(e) = catch_up(&this.pool, &idle).await {
+                        tracing::warn!(error = %e, "cannot move idle subscribers' cursors");
+                    }
                     if let Some(at) = soonest {
                         let until = (at - Utc::now()).to_std().unwrap_or_default();
                         sleep_for = sleep_for.min(until);
@@ -692,28 +699,73 @@ pub async fn ipn_totals(
     ))
 }
 
-/// Subscribers with work now, and the soonest future retry.
-async fn due(pool: &PgPool) -> Result<(Vec<Uuid>, Option<chrono::DateTime<Utc>>), sqlx::Error> {
+/// An idle IPN subscriber's cursor is moved past events that do not concern it once it is
+/// this many positions behind the head (a journal row each time), not at every append: a
+/// shop with one IPN subscription per invoice address would otherwise write one row per
+/// subscription per append. A worker that does get work scans at most this far back.
+const IDLE_STEP: i64 = 10_000;
+
+/// What the dispatcher does next.
+struct Due {
+    /// Subscribers with work now.
+    ready: Vec<Uuid>,
+    /// The soonest future retry.
+    soonest: Option<chrono::DateTime<Utc>>,
+    /// IPN subscribers with nothing to deliver, far enough behind to be moved to the head.
+    idle: Vec<(Uuid, Entry)>,
+}
+
+/// Subscribers behind the head. One following a single address (IPN) has work only when
+/// one of that address's deposits has an event after its cursor — the `deposits`
+/// projection says so in one indexed look-up, read in the same snapshot as the head, so
+/// an event at or below that head is never missed; others always get a worker.
+async fn due(pool: &PgPool) -> Result<Due, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT subscriber_id, next_attempt_at FROM subscriber_cursors
-           WHERE status IN ('active', 'retrying')
-             AND cursor < (SELECT position FROM log_head)
-           ORDER BY next_attempt_at NULLS FIRST"#
+        r#"SELECT c.subscriber_id, c.next_attempt_at, c.epoch, c.cursor, h.position AS head,
+                  (s.address IS NOT NULL AND NOT EXISTS (
+                      SELECT 1 FROM deposits d
+                      WHERE d.address = s.address AND d.last_position > c.cursor)) AS "idle!"
+           FROM subscriber_cursors c
+           JOIN subscribers s USING (subscriber_id)
+           CROSS JOIN log_head h
+           WHERE c.status IN ('active', 'retrying') AND c.cursor < h.position
+           ORDER BY c.next_attempt_at NULLS FIRST"#
     )
     .fetch_all(pool)
     .await?;
     let now = Utc::now();
-    let mut ready = Vec::new();
-    let mut soonest = None;
+    let mut due = Due {
+        ready: Vec::new(),
+        soonest: None,
+        idle: Vec::new(),
+    };
     for r in rows {
-        match r.next_attempt_at {
-            Some(at) if at > now => {
-                soonest = Some(soonest.map_or(at, |s: chrono::DateTime<Utc>| s.min(at)))
+        if r.idle {
+            if r.head - r.cursor >= IDLE_STEP {
+                let entry = Entry::CaughtUp {
+                    epoch: r.epoch,
+                    position: r.head,
+                };
+                due.idle.push((r.subscriber_id, entry));
             }
-            _ => ready.push(r.subscriber_id),
+            continue;
+        }
+        match r.next_attempt_at {
+            Some(at) if at > now => due.soonest = Some(due.soonest.map_or(at, |s| s.min(at))),
+            _ => due.ready.push(r.subscriber_id),
         }
     }
-    Ok((ready, soonest))
+    Ok(due)
+}
+
+/// Moves idle subscribers' cursors, a thousand journal entries per transaction.
+async fn catch_up(pool: &PgPool, idle: &[(Uuid, Entry)]) -> Result<(), sqlx::Error> {
+    for chunk in idle.chunks(1000) {
+        let mut tx = pool.begin().await?;
+        cursors::record(&mut tx, chunk).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 pub async fn load_state(pool: &PgPool, id: Uuid) -> Result<CursorState, sqlx::Error> {
