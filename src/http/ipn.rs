@@ -154,7 +154,19 @@ pub async fn subscribe(
                 tracing::info!(reason = %message, "/btc_ipn refused");
             }
             let mut resp = (status, plain("fail")).into_response();
-            if let Ok(v) = HeaderValue::from_str(&message) {
+            // A header value is visible ASCII: anything else (an address echoed back, `…`)
+            // becomes `?` rather than losing the header.
+            let ascii: String = message
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&ascii) {
                 resp.headers_mut().insert("chainledger-error", v);
             }
             resp
