@@ -323,14 +323,7 @@ async fn a_manager_without_xpub_gets_every_wallet_by_name_and_shutdown_closes_we
 
     // A bare websocket that never names a wallet is served too, and shutdown closes it
     // ("going away") rather than leaving it open.
-    let mut request = format!("{}/ws", svc.base.replace("http://", "ws://"))
-        .into_client_request()
-        .unwrap();
-    let login = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{TOKEN}"));
-    request
-        .headers_mut()
-        .insert("authorization", format!("Basic {login}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = open_ws(&svc, None).await;
     node.mine(1);
     let block = json!({"updates": [{"event": "new_block", "height": node.height()}],
                        "wallet": null, "currency": "BTC"});
@@ -359,6 +352,97 @@ async fn a_manager_without_xpub_gets_every_wallet_by_name_and_shutdown_closes_we
     .expect("shutdown closes the websocket");
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
     stopping.await.unwrap();
+}
+
+/// A raw websocket to `/ws` that names `xpub` at once, if given.
+async fn open_ws(
+    svc: &Service,
+    xpub: Option<&str>,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures::SinkExt;
+    let mut request = format!("{}/ws", svc.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    let login = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{TOKEN}"));
+    request
+        .headers_mut()
+        .insert("authorization", format!("Basic {login}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    if let Some(xpub) = xpub {
+        ws.send(Message::Text(json!({"xpub": xpub}).to_string().into()))
+            .await
+            .unwrap();
+    }
+    ws
+}
+
+/// The next frame holding a `new_block`; its height.
+async fn next_block(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> u64 {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Ok(text) = msg.to_text() {
+                if let Ok(frame) = serde_json::from_str::<Value>(text) {
+                    if let Some(h) = frame["updates"][0]["height"].as_u64() {
+                        return h;
+                    }
+                }
+            }
+        }
+        panic!("the websocket ended");
+    })
+    .await
+    .expect("a new_block frame")
+}
+
+/// The websocket's cursor moves only when the client's pong shows it read the frames: a
+/// client gone with frames unread (it read one frame, never the ping after it) gets them
+/// again when it reconnects; one that read them does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_flight_when_a_websocket_dies_are_sent_again() {
+    let (node, svc) = node_and_service().await;
+    let pool = PgPool::connect(svc.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let xpub = tpub();
+    xpub_account(&svc, &xpub).await;
+    let mut ws = open_ws(&svc, Some(&xpub)).await;
+    met(&pool, &xpub).await;
+    node.mine(1);
+    let first = node.height();
+    assert_eq!(next_block(&mut ws).await, first);
+    drop(ws); // the ping that followed the frame is never read, never answered
+
+    let mut ws = open_ws(&svc, Some(&xpub)).await;
+    assert_eq!(next_block(&mut ws).await, first, "sent again");
+    // Reading on answers the ping: the cursor passes the block.
+    let cursor = || async {
+        sqlx::query_scalar::<_, i64>("SELECT position FROM bitcart_cursors WHERE wallet = $1")
+            .bind(&xpub)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let head = svc.head().await;
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while cursor().await < head {
+            // Reading is what sends the pong (tungstenite answers pings as it reads).
+            let _ = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+        }
+    })
+    .await
+    .expect("the cursor passes the read block");
+    drop(ws);
+    let mut ws = open_ws(&svc, Some(&xpub)).await;
+    node.mine(1);
+    assert_eq!(
+        next_block(&mut ws).await,
+        first + 1,
+        "not the acknowledged one again"
+    );
 }
 
 /// Raw JSON-RPC: what the SDK needs from every answer.

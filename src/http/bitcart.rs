@@ -6,8 +6,8 @@
 //!
 //! Unlike the daemon, a client misses nothing: each (Basic-auth user, wallet) has a durable
 //! cursor (`bitcart_cursors`), created at the log's head on first contact; a poll returns
-//! what follows it and moves it, a websocket moves it after each frame, and a reconnecting
-//! client resumes from it. A wallet is an xpub: the accounts whose descriptor has that key.
+//! what follows it and moves it, a websocket moves it once the client's pong to a ping sent
+//! after the frames shows they were read, and a reconnecting client resumes from it. A wallet is an xpub: the accounts whose descriptor has that key.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -466,11 +466,35 @@ async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> any
                 }
             };
             drop(conn);
+            let mut sent_through = None;
             for frame in frames {
                 let text = frame.to_json().to_string();
                 socket.send(Message::Text(text.into())).await?;
-                advance(&s.pool, &client, &key, frame.through).await?;
-                cursor = frame.through;
+                sent_through = Some(frame.through);
+            }
+            // The cursor moves once the client's websocket has read the frames: its pong
+            // to a ping sent after them. A connection that dies with frames in flight
+            // leaves the cursor before them, so the reconnecting client gets them again.
+            if let Some(through) = sent_through {
+                match confirm(&mut socket).await? {
+                    Confirmed::Yes(pending) => {
+                        advance(&s.pool, &client, &key, through).await?;
+                        cursor = through;
+                        if let Some(named) = pending {
+                            xpub = named;
+                            continue 'wallet;
+                        }
+                    }
+                    Confirmed::Closed => return Ok(()),
+                    Confirmed::TimedOut => {
+                        return close(
+                            socket,
+                            close_code::AWAY,
+                            "no pong: the frames are sent again on reconnect",
+                        )
+                        .await
+                    }
+                }
             }
             // Past events of other wallets, or with no update, up to the head.
             if batch.through > cursor {
@@ -496,6 +520,43 @@ async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> any
                 },
                 _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {}
             }
+        }
+    }
+}
+
+/// How long a client may take to answer the ping that confirms its frames.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Confirmed {
+    /// The client read the frames; and a wallet it named meanwhile (`Some(None)`: all).
+    Yes(Option<Option<String>>),
+    Closed,
+    TimedOut,
+}
+
+/// Sends a ping and waits for its pong (websocket clients answer pings by themselves, the
+/// SDK's aiohttp included): frames are read in order, so the pong means every frame sent
+/// before the ping was read.
+async fn confirm(socket: &mut WebSocket) -> anyhow::Result<Confirmed> {
+    let token = Bytes::from(Uuid::new_v4().as_bytes().to_vec());
+    socket.send(Message::Ping(token.clone())).await?;
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let mut named = None;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Err(_) => return Ok(Confirmed::TimedOut),
+            Ok(msg) => msg,
+        };
+        match msg {
+            Some(Ok(Message::Pong(payload))) if payload == token => {
+                return Ok(Confirmed::Yes(named))
+            }
+            Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {}
+            other => match control(other) {
+                Control::Closed => return Ok(Confirmed::Closed),
+                Control::Wallet(xpub) => named = Some(xpub),
+                Control::Ignore => {}
+            },
         }
     }
 }
