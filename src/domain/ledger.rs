@@ -365,70 +365,54 @@ impl Ledger {
         let keys: Vec<Key> = self.deposits.keys().cloned().collect();
         for key in keys {
             let fresh = self.fresh.contains(&key);
-            let t = &self.deposits[&key];
-            let Some(height) = t.deposit.block_height else {
+            let d = &mut self
+                .deposits
+                .get_mut(&key)
+                .expect("key from the map")
+                .deposit;
+            let Some(height) = d.block_height else {
                 continue;
             };
-            if t.deposit.status == DepositStatus::Final && !fresh {
+            if d.status == DepositStatus::Final && !fresh {
                 continue;
             }
             let confirmations = (tip_height + 1).saturating_sub(height);
-            let changed = confirmations != t.deposit.confirmations;
-            let threshold = t.deposit.credit_confirmations;
-            let d = &mut self
-                .deposits
-                .get_mut(&key)
-                .expect("key from the map")
-                .deposit;
+            let changed = confirmations != d.confirmations;
+            let (threshold, credited) = (d.credit_confirmations, d.credited);
             d.confirmations = confirmations;
             if fresh {
-                self.emit(&key, events::DEPOSIT_SEEN, None);
+                self.step(&key, events::DEPOSIT_SEEN, |_| {});
             }
-            let d = &mut self
-                .deposits
-                .get_mut(&key)
-                .expect("key from the map")
-                .deposit;
             if fresh || changed {
-                d.status = if d.credited {
-                    DepositStatus::Credited
-                } else {
-                    DepositStatus::Confirming
-                };
-                self.emit(&key, events::DEPOSIT_CONFIRMED, None);
+                self.step(&key, events::DEPOSIT_CONFIRMED, |d| {
+                    d.status = if d.credited {
+                        DepositStatus::Credited
+                    } else {
+                        DepositStatus::Confirming
+                    }
+                });
             }
-            let d = &mut self
-                .deposits
-                .get_mut(&key)
-                .expect("key from the map")
-                .deposit;
-            if confirmations >= threshold && !d.credited {
-                d.credited = true;
-                d.status = DepositStatus::Credited;
-                self.emit(&key, events::DEPOSIT_CREDITED, None);
-            } else if confirmations < threshold && d.credited {
-                d.credited = false;
-                d.status = DepositStatus::Confirming;
-                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            if confirmations >= threshold && !credited {
+                self.step(&key, events::DEPOSIT_CREDITED, |d| {
+                    d.credited = true;
+                    d.status = DepositStatus::Credited;
+                });
+            } else if confirmations < threshold && credited {
+                self.step(&key, events::DEPOSIT_CREDIT_REVERSED, |d| {
+                    d.credited = false;
+                    d.status = DepositStatus::Confirming;
+                });
             }
-            let d = &mut self
-                .deposits
-                .get_mut(&key)
-                .expect("key from the map")
-                .deposit;
             if confirmations >= self.final_confirmations {
-                d.status = DepositStatus::Final;
-                self.emit(&key, events::DEPOSIT_FINAL, None);
+                self.step(&key, events::DEPOSIT_FINAL, |d| {
+                    d.status = DepositStatus::Final
+                });
             }
         }
         self.fresh.clear();
         let txids: Vec<String> = self.withdrawals.keys().cloned().collect();
         for txid in txids {
-            let w = &mut self
-                .withdrawals
-                .get_mut(&txid)
-                .expect("key from the map")
-                .withdrawal;
+            let w = &self.withdrawals[&txid].withdrawal;
             let Some(height) = w.block_height else {
                 continue;
             };
@@ -439,19 +423,45 @@ impl Ledger {
             if confirmations == w.confirmations && w.status != DepositStatus::Reorged {
                 continue;
             }
-            w.confirmations = confirmations;
-            w.status = DepositStatus::Confirming;
-            self.emit_withdrawal(&txid, events::WITHDRAWAL_CONFIRMED, None);
-            let w = &mut self
-                .withdrawals
-                .get_mut(&txid)
-                .expect("key from the map")
-                .withdrawal;
+            self.step_withdrawal(&txid, events::WITHDRAWAL_CONFIRMED, |w| {
+                w.confirmations = confirmations;
+                w.status = DepositStatus::Confirming;
+            });
             if confirmations >= self.final_confirmations {
-                w.status = DepositStatus::Final;
-                self.emit_withdrawal(&txid, events::WITHDRAWAL_FINAL, None);
+                self.step_withdrawal(&txid, events::WITHDRAWAL_FINAL, |w| {
+                    w.status = DepositStatus::Final
+                });
             }
         }
+    }
+
+    /// Changes a tracked deposit, then records its new state as a `kind` event.
+    fn step(&mut self, key: &Key, kind: &'static str, change: impl FnOnce(&mut Deposit)) {
+        change(
+            &mut self
+                .deposits
+                .get_mut(key)
+                .expect("a tracked deposit")
+                .deposit,
+        );
+        self.emit(key, kind, None);
+    }
+
+    /// [`Ledger::step`] for a tracked withdrawal.
+    fn step_withdrawal(
+        &mut self,
+        txid: &str,
+        kind: &'static str,
+        change: impl FnOnce(&mut Withdrawal),
+    ) {
+        change(
+            &mut self
+                .withdrawals
+                .get_mut(txid)
+                .expect("a tracked withdrawal")
+                .withdrawal,
+        );
+        self.emit_withdrawal(txid, kind, None);
     }
 
     /// The outpoints spent by deposits not (or no longer) in a block: a transaction
