@@ -38,7 +38,7 @@ use chainledger::domain::events::{self, NewEvent};
 use chainledger::{projections, store};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use shared::Rpc;
+use shared::{cpu, histogram, postgres_cpu, Rpc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -234,6 +234,20 @@ async fn mine_deposits(
     Ok(())
 }
 
+/// Funds and mines a chain of `blocks` × `per_block` deposits to `to(b, j)` (no pause:
+/// the service does not run yet); its first and last heights.
+async fn build_chain(
+    rpc: &Rpc,
+    wallet: &Wallet,
+    (blocks, per_block): (usize, usize),
+    to: impl FnMut(usize, usize) -> Address,
+) -> anyhow::Result<(u32, u32)> {
+    let mut coins = wallet.fund(rpc, blocks * per_block)?.into_iter();
+    let first = rpc.height()? + 1;
+    mine_deposits(rpc, wallet, &mut coins, (blocks, per_block), None, to).await?;
+    Ok((first, rpc.height()?))
+}
+
 /// Bitcoin SV's signature digest: BIP143's algorithm for every input, sighash type
 /// ALL|FORKID (0x41) with fork id 0.
 fn forkid_sighash(
@@ -270,21 +284,6 @@ fn watched_address(i: usize) -> Address {
     let mut bytes = [0u8; 20];
     bytes.copy_from_slice(&h.to_byte_array()[..20]);
     Address::p2pkh(PubkeyHash::from_byte_array(bytes), Network::Regtest)
-}
-
-/// A new database on the server at `PG_URL`.
-async fn create_database(name: &str) -> anyhow::Result<String> {
-    let admin = std::env::var("PG_URL").context("PG_URL")?;
-    let pool = PgPool::connect(&admin).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&pool)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    let i = admin.rfind('/').context("PG_URL has no database")?;
-    Ok(format!("{}/{name}", &admin[..i]))
 }
 
 /// Migrates, creates one account and appends `address.watched` for every address — the
@@ -381,15 +380,6 @@ fn node_pass(rpc: &Rpc, first: u32, tip: u32) -> anyhow::Result<(f64, f64, usize
     Ok((rpc_secs, decode_secs, txs, bytes))
 }
 
-/// CPU seconds (user + system, all threads) of `pid`, and its parent's pid.
-fn cpu(pid: &str) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some((fields.get(1)?.parse().ok()?, ticks as f64 / 100.0))
-}
-
 /// CPU seconds so far of this process, of the PostgreSQL cluster (the postmaster and its
 /// children: backends, writers) and of the node.
 struct CpuSample {
@@ -399,37 +389,12 @@ struct CpuSample {
 }
 
 fn cpu_sample(postmaster: u32, node: Option<&str>) -> CpuSample {
-    let mut postgres = cpu(&postmaster.to_string()).map_or(0.0, |(_, s)| s);
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Some((parent, secs)) = cpu(pid) {
-            if parent == postmaster {
-                postgres += secs;
-            }
-        }
-    }
+    let postgres = postgres_cpu(postmaster);
     CpuSample {
         this: cpu("self").map_or(0.0, |(_, s)| s),
         postgres,
         node: node.and_then(cpu).map_or(0.0, |(_, s)| s),
     }
-}
-
-/// `name_sum` and `name_count` of a histogram in the Prometheus text.
-fn histogram(text: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{suffix} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    (value("_sum"), value("_count"))
 }
 
 async fn catchup(args: &[String]) -> anyhow::Result<()> {
@@ -443,18 +408,10 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
 
     // The chain, before the service exists.
     let started = Instant::now();
-    let mut coins = wallet.fund(&rpc, blocks * per_block)?.into_iter();
-    let first = rpc.height()? + 1;
-    mine_deposits(
-        &rpc,
-        &wallet,
-        &mut coins,
-        (blocks, per_block),
-        None,
-        |b, j| addresses[(b * per_block + j) % n_addresses].clone(),
-    )
+    let (first, tip) = build_chain(&rpc, &wallet, (blocks, per_block), |b, j| {
+        addresses[(b * per_block + j) % n_addresses].clone()
+    })
     .await?;
-    let tip = rpc.height()?;
     eprintln!(
         "bench: built blocks {first}..={tip} ({} deposits) in {:.1} s",
         blocks * per_block,
@@ -469,18 +426,13 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
         blocks * (per_block + 1)
     );
 
-    let url = create_database("catchup").await?;
+    let url = shared::create_database("catchup").await?;
     let watch_secs = watch(&url, &addresses).await?;
     eprintln!("bench: {n_addresses} addresses watched in {watch_secs:.1} s");
     let pool = PgPool::connect(&url).await?;
     let head_before = store::head(&pool).await?;
 
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pool)
-        .await?;
-    let postmaster = cpu(&backend.to_string())
-        .context("the backend's /proc entry")?
-        .0;
+    let postmaster = shared::postmaster(&pool).await?;
     let node_pid = std::env::var("NODE_PID").ok();
     let cpu_before = cpu_sample(postmaster, node_pid.as_deref());
     // This process's metrics also counted the appends of `watch`.
@@ -685,7 +637,7 @@ async fn rss_run(
     (blocks, per_block): (usize, usize),
 ) -> anyhow::Result<(BTreeMap<String, u64>, i64, f64)> {
     let addresses: Vec<Address> = (0..n).map(watched_address).collect();
-    let url = create_database(&format!("rss_{n}")).await?;
+    let url = shared::create_database(&format!("rss_{n}")).await?;
     let watch_secs = watch(&url, &addresses).await?;
     let pool = PgPool::connect(&url).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -811,24 +763,14 @@ async fn rescan(args: &[String]) -> anyhow::Result<()> {
     let pays = |b: usize| b % every == every / 2;
 
     let started = Instant::now();
-    let mut coins = wallet.fund(&rpc, blocks * per_block)?.into_iter();
-    let first = rpc.height()? + 1;
-    mine_deposits(
-        &rpc,
-        &wallet,
-        &mut coins,
-        (blocks, per_block),
-        None,
-        |b, j| {
-            if pays(b) && j < repeats {
-                targets[j].clone()
-            } else {
-                watched_address(b * per_block + j) // nobody watches these
-            }
-        },
-    )
+    let (first, tip) = build_chain(&rpc, &wallet, (blocks, per_block), |b, j| {
+        if pays(b) && j < repeats {
+            targets[j].clone()
+        } else {
+            watched_address(b * per_block + j) // nobody watches these
+        }
+    })
     .await?;
-    let tip = rpc.height()?;
     let expected = (0..blocks).filter(|b| pays(*b)).count();
     eprintln!(
         "bench: built blocks {first}..={tip} ({} deposits, {expected} to each rescanned address) in {:.1} s",
@@ -837,7 +779,7 @@ async fn rescan(args: &[String]) -> anyhow::Result<()> {
     );
 
     // The service follows from the tip: the rescanned blocks are history to it.
-    let url = create_database("rescan").await?;
+    let url = shared::create_database("rescan").await?;
     let pool = PgPool::connect(&url).await?;
     chainledger::db::migrate(&pool).await?;
     let running = chainledger::app::start(config(&url, &rpc, tip)).await?;
@@ -1045,7 +987,7 @@ async fn watchrss_run(
     (blocks, per_block): (usize, usize),
 ) -> anyhow::Result<Value> {
     let scripts = accounts * lookahead as usize;
-    let url = create_database(&format!("watchrss_{scripts}")).await?;
+    let url = shared::create_database(&format!("watchrss_{scripts}")).await?;
     let (descriptors, append_secs) = watch_derived(&url, accounts, lookahead).await?;
     eprintln!(
         "bench: {scripts} derived scripts in {accounts} accounts appended in {append_secs:.1} s"

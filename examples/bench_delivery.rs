@@ -42,7 +42,7 @@ use chainledger::config::Config;
 use chainledger::store::{self, StoredEvent};
 use rand::Rng;
 use serde_json::{json, Value};
-use shared::Rpc;
+use shared::{cpu, histogram, postgres_cpu, Rpc};
 use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
@@ -89,30 +89,6 @@ fn subscriber_body(url: &str) -> anyhow::Result<Value> {
     )
 }
 
-/// A new database on the server at `PG_URL`.
-async fn create_database(name: &str) -> anyhow::Result<String> {
-    let admin = std::env::var("PG_URL").context("PG_URL")?;
-    let pool = PgPool::connect(&admin).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&pool)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    let i = admin.rfind('/').context("PG_URL has no database")?;
-    Ok(format!("{}/{name}", &admin[..i]))
-}
-
-/// CPU seconds (user + system, all threads) of `pid`, and its parent's pid.
-fn cpu(pid: &str) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some((fields.get(1)?.parse().ok()?, ticks as f64 / 100.0))
-}
-
 /// CPU seconds so far of this process, of the PostgreSQL cluster (the postmaster and its
 /// children) and of the receiver.
 #[derive(Clone, Copy)]
@@ -155,21 +131,7 @@ impl std::ops::Sub for CpuSample {
 }
 
 fn cpu_sample(postmaster: u32, receiver: u32) -> CpuSample {
-    let mut postgres = cpu(&postmaster.to_string()).map_or(0.0, |(_, s)| s);
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Some((parent, secs)) = cpu(pid) {
-            if parent == postmaster {
-                postgres += secs;
-            }
-        }
-    }
+    let postgres = postgres_cpu(postmaster);
     let (busy, idle) = machine();
     CpuSample {
         this: cpu("self").map_or(0.0, |(_, s)| s),
@@ -178,17 +140,6 @@ fn cpu_sample(postmaster: u32, receiver: u32) -> CpuSample {
         busy,
         idle,
     }
-}
-
-/// `name_sum` and `name_count` of a histogram in the Prometheus text.
-fn histogram(text: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{suffix} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    (value("_sum"), value("_count"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,7 +306,7 @@ async fn delivery_run(
     shape: &Shape,
     per_subscriber: usize,
 ) -> anyhow::Result<Run> {
-    let url = create_database(&format!("delivery_{i}")).await?;
+    let url = shared::create_database(&format!("delivery_{i}")).await?;
     let pool = PgPool::connect(&url).await?;
     let running =
         chainledger::app::start(config(&url, rpc, rpc.height()? + 1, shape.workers, 1000)).await?;
@@ -378,12 +329,7 @@ async fn delivery_run(
     }
     let create_secs = started.elapsed().as_secs_f64();
 
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pool)
-        .await?;
-    let postmaster = cpu(&backend.to_string())
-        .context("the backend's /proc entry")?
-        .0;
+    let postmaster = shared::postmaster(&pool).await?;
     // In the mempool (0 confirmations), so every event is also a cryptoassets txupdate (a
     // deposit.seen first seen in a block is not: its deposit.confirmed is).
     let mut batch = shared::deposit_seen_events(per_subscriber, 0);
@@ -498,10 +444,7 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let levels = [1usize, 10, 100];
     let pg_admin = PgPool::connect(&std::env::var("PG_URL")?).await?;
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pg_admin)
-        .await?;
-    let postmaster = cpu(&backend.to_string()).context("backend")?.0;
+    let postmaster = shared::postmaster(&pg_admin).await?;
     let rpid = receiver.pid();
     let mut capacity = Vec::new();
     for &c in &levels {
@@ -663,7 +606,7 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
     let poll_ms: u64 = args.get(1).map_or(Ok(1000), |s| s.parse())?;
     let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let (hook, mut arrivals) = arrival_receiver()?;
-    let url = create_database(&format!("latency_{poll_ms}")).await?;
+    let url = shared::create_database(&format!("latency_{poll_ms}")).await?;
     let running =
         chainledger::app::start(config(&url, &rpc, rpc.height()? + 1, 16, poll_ms)).await?;
     let api = format!("http://{}", running.addr);
@@ -740,7 +683,7 @@ async fn ipn_idle(args: &[String]) -> anyhow::Result<()> {
     let appends: usize = args.get(1).map_or(Ok(20), |s| s.parse())?;
     let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let receiver = ReceiverProc::start().await?;
-    let url = create_database("ipn_idle").await?;
+    let url = shared::create_database("ipn_idle").await?;
     let pool = PgPool::connect(&url).await?;
     let running = chainledger::app::start(config(&url, &rpc, rpc.height()? + 1, 16, 1000)).await?;
     let api = format!("http://{}", running.addr);
@@ -781,10 +724,7 @@ async fn ipn_idle(args: &[String]) -> anyhow::Result<()> {
             .fetch_one(&pool)
             .await
     };
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pool)
-        .await?;
-    let postmaster = cpu(&backend.to_string()).context("backend")?.0;
+    let postmaster = shared::postmaster(&pool).await?;
     let journal_before = journal().await?;
     // After each append: the time until the subscribers' cursors and journal stop changing
     // (the last change; "quiet" = unchanged for QUIET), and the CPU the service and

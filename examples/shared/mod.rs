@@ -11,6 +11,7 @@ use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
 use chainledger::domain::events::NewEvent;
 use serde_json::{json, Value};
+use sqlx::PgPool;
 
 pub struct Rpc {
     pub client: Arc<Client>,
@@ -75,4 +76,71 @@ pub fn deposit_seen_events(n: usize, first: usize) -> Vec<NewEvent> {
             metadata: json!({"source": "bench"}),
         })
         .collect()
+}
+
+/// A new database on the server at `PG_URL`.
+pub async fn create_database(name: &str) -> anyhow::Result<String> {
+    let admin = std::env::var("PG_URL").context("PG_URL")?;
+    let pool = PgPool::connect(&admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&pool)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let i = admin.rfind('/').context("PG_URL has no database")?;
+    Ok(format!("{}/{name}", &admin[..i]))
+}
+
+/// CPU seconds (user + system, all threads) of `pid`, and its parent's pid.
+pub fn cpu(pid: &str) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((fields.get(1)?.parse().ok()?, ticks as f64 / 100.0))
+}
+
+/// The PostgreSQL postmaster's pid: the parent of `pool`'s backend (the server runs on
+/// this machine).
+pub async fn postmaster(pool: &PgPool) -> anyhow::Result<u32> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await?;
+    Ok(cpu(&backend.to_string())
+        .context("the backend's /proc entry")?
+        .0)
+}
+
+/// CPU seconds so far of the PostgreSQL cluster: the postmaster and its children
+/// (backends, writers).
+pub fn postgres_cpu(postmaster: u32) -> f64 {
+    let mut postgres = cpu(&postmaster.to_string()).map_or(0.0, |(_, s)| s);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((parent, secs)) = cpu(pid) {
+            if parent == postmaster {
+                postgres += secs;
+            }
+        }
+    }
+    postgres
+}
+
+/// `name_sum` and `name_count` of a histogram in the Prometheus text.
+pub fn histogram(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{suffix} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (value("_sum"), value("_count"))
 }
