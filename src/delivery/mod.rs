@@ -466,9 +466,14 @@ impl Dispatcher {
         event: &StoredEvent,
     ) -> anyhow::Result<Option<Message>> {
         let envelope = || serde_json::to_string(event).expect("an event serialises");
-        let txupdate =
-            || cryptoassets::txupdate(&event.kind, &event.data, self.cfg.credit_confirmations);
         let command = matches!(sub.target, Target::Command(_));
+        // The txupdate, when something will use it: the cryptoassets body, or a script's
+        // CRYPTOASSETS_* variables.
+        let update = (command || sub.format == Format::Cryptoassets)
+            .then(|| {
+                cryptoassets::txupdate(&event.kind, &event.data, self.cfg.credit_confirmations)
+            })
+            .flatten();
         let mut message = match &sub.format {
             Format::Standard => Message {
                 body: envelope(),
@@ -478,11 +483,11 @@ impl Dispatcher {
                 echo: None,
             },
             Format::Cryptoassets => {
-                let Some(update) = txupdate() else {
+                let Some(update) = &update else {
                     return Ok(None);
                 };
                 Message {
-                    body: cryptoassets::form(&update),
+                    body: cryptoassets::form(update),
                     content_type: "application/x-www-form-urlencoded",
                     signed: true,
                     env: Vec::new(),
@@ -516,12 +521,17 @@ impl Dispatcher {
             }
         };
         if command {
-            message
-                .env
-                .push(("CHAINLEDGER_EVENT_NAME", event.kind.clone()));
-            message.env.push(("CHAINLEDGER_EVENT_DATA", envelope()));
-            if let Some(update) = txupdate() {
-                let data = serde_json::to_string(&update).expect("a txupdate serialises");
+            // A script gets the event in its environment; the standard body is the envelope.
+            let data = match sub.format {
+                Format::Standard => std::mem::take(&mut message.body),
+                _ => envelope(),
+            };
+            message.env = vec![
+                ("CHAINLEDGER_EVENT_NAME", event.kind.clone()),
+                ("CHAINLEDGER_EVENT_DATA", data),
+            ];
+            if let Some(update) = &update {
+                let data = serde_json::to_string(update).expect("a txupdate serialises");
                 message
                     .env
                     .push(("CRYPTOASSETS_EVENT_NAME", cryptoassets::EVENT_NAME.into()));

@@ -555,11 +555,41 @@ pub async fn address_totals(
     Path(address): Path<String>,
 ) -> Result<axum::Json<AddressTotals>, ApiError> {
     let address = parse_address(&s, &address)?.as_string();
+    let sums = address_sums(&s, &address).await?;
+    let (c, u, k) = (sums.confirmed, sums.unconfirmed, sums.credited);
+    Ok(axum::Json(AddressTotals {
+        address,
+        account_id: sums.account_id,
+        confirmed: Sats(c).to_btc_string(),
+        unconfirmed: Sats(u).to_btc_string(),
+        credited: Sats(k).to_btc_string(),
+        confirmed_sats: c,
+        unconfirmed_sats: u,
+        credited_sats: k,
+    }))
+}
+
+/// What an address's deposits add up to, in sats, by the `deposits` projection.
+pub(super) struct AddressSums {
+    pub account_id: Uuid,
+    /// At least one confirmation.
+    pub confirmed: u64,
+    /// In the mempool (or returned to it by a reorg).
+    pub unconfirmed: u64,
+    /// Credited (the account's threshold reached; final ones included).
+    pub credited: u64,
+    /// Still standing and not credited (mempool included): the Crypto IPN `unconfirmed`.
+    pub uncredited: u64,
+}
+
+/// [`AddressSums`] of a watched address; 404 `address_not_found` for another.
+pub(super) async fn address_sums(s: &AppState, address: &str) -> Result<AddressSums, ApiError> {
     let row = sqlx::query!(
         r#"SELECT a.account_id,
                   coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations >= 1), 0)::bigint AS "confirmed!",
                   coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations = 0 AND d.status IN ('mempool', 'reorged')), 0)::bigint AS "unconfirmed!",
-                  coalesce(sum(d.amount_sats) FILTER (WHERE d.credited), 0)::bigint AS "credited!"
+                  coalesce(sum(d.amount_sats) FILTER (WHERE d.credited), 0)::bigint AS "credited!",
+                  coalesce(sum(d.amount_sats) FILTER (WHERE NOT d.credited AND d.status IN ('mempool', 'confirming', 'reorged')), 0)::bigint AS "uncredited!"
            FROM addresses a LEFT JOIN deposits d ON d.address = a.address
            WHERE a.address = $1
            GROUP BY a.account_id"#,
@@ -568,19 +598,11 @@ pub async fn address_totals(
     .fetch_optional(&s.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("address_not_found", format!("{address} is not watched")))?;
-    let (c, u, k) = (
-        row.confirmed as u64,
-        row.unconfirmed as u64,
-        row.credited as u64,
-    );
-    Ok(axum::Json(AddressTotals {
-        address,
+    Ok(AddressSums {
         account_id: row.account_id,
-        confirmed: Sats(c).to_btc_string(),
-        unconfirmed: Sats(u).to_btc_string(),
-        credited: Sats(k).to_btc_string(),
-        confirmed_sats: c,
-        unconfirmed_sats: u,
-        credited_sats: k,
-    }))
+        confirmed: row.confirmed as u64,
+        unconfirmed: row.unconfirmed as u64,
+        credited: row.credited as u64,
+        uncredited: row.uncredited as u64,
+    })
 }

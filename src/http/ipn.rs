@@ -18,7 +18,6 @@ use super::error::ApiError;
 use super::subscribers::{create_subscriber, NewSubscriber, Start};
 use super::AppState;
 use crate::compat::ipn;
-use crate::domain::amount::Sats;
 
 /// `Authorization: Bearer <API_TOKEN or IPN_TOKEN>`, or `?token=<IPN_TOKEN>`.
 pub async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -95,27 +94,14 @@ pub async fn balance(
         .get("address")
         .ok_or_else(|| ApiError::bad_request("invalid_address", "address: required"))?;
     let address = super::accounts::parse_address(&s, address)?.as_string();
-    let row = sqlx::query!(
-        r#"SELECT coalesce(sum(d.amount_sats) FILTER (WHERE d.status IN ('credited', 'final')), 0)::bigint AS "confirmed!",
-                  coalesce(sum(d.amount_sats) FILTER (WHERE d.status IN ('mempool', 'confirming', 'reorged')), 0)::bigint AS "unconfirmed!"
-           FROM addresses a LEFT JOIN deposits d ON d.address = a.address
-           WHERE a.address = $1
-           GROUP BY a.address"#,
-        address
-    )
-    .fetch_optional(&s.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("address_not_found", format!("{address} is not watched")))?;
-    let t = ipn::Totals {
-        confirmed: Sats(row.confirmed as u64),
-        unconfirmed: Sats(row.unconfirmed as u64),
-    };
+    let sums = super::accounts::address_sums(&s, &address).await?;
+    let (confirmed, unconfirmed) = (sums.credited, sums.uncredited);
     Ok(axum::Json(Totals {
         address,
-        confirmed: t.confirmed.0 as f64 / 1e8,
-        unconfirmed: t.unconfirmed.0 as f64 / 1e8,
-        confirmed_sats: t.confirmed.0,
-        unconfirmed_sats: t.unconfirmed.0,
+        confirmed: confirmed as f64 / 1e8,
+        unconfirmed: unconfirmed as f64 / 1e8,
+        confirmed_sats: confirmed,
+        unconfirmed_sats: unconfirmed,
     }))
 }
 
