@@ -72,14 +72,6 @@ pub enum Format {
 impl Format {
     pub const NAMES: &'static [&'static str] = &["standard", "cryptoassets", "ipn"];
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Format::Standard => "standard",
-            Format::Cryptoassets => "cryptoassets",
-            Format::Ipn { .. } => "ipn",
-        }
-    }
-
     /// The event types this format can deliver (None: all).
     pub fn types(&self) -> Option<&'static [&'static str]> {
         match self {
