@@ -12,8 +12,10 @@ use std::time::Instant;
 use chainledger::chain::node::Credentials;
 use chainledger::chain::{FollowerStatus, Node};
 use chainledger::config::NetworkName;
+use chainledger::domain::stream::Position;
 use chainledger::http::{self, AppState};
 use chainledger::store::{self, notify::LogWatch};
+use chainledger::unit_of_work::UnitOfWork;
 use sqlx::PgPool;
 
 const BATCH: usize = 500;
@@ -27,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&url).await?;
     chainledger::db::migrate(&pool).await?;
     assert_eq!(
-        store::head(&pool).await?,
+        store::head(&pool).await?.0,
         0,
         "bench needs an empty database"
     );
@@ -50,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::raw_sql("CREATE TABLE raw_events (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
         .execute(&pool)
         .await?;
-    let rows = store::read_after(&pool, 0, total as i64, None).await?;
+    let rows = store::read_after(&pool, Position(0), total as i64, None).await?;
     let started = Instant::now();
     for chunk in rows.chunks(BATCH) {
         let mut tx = pool.begin().await?;
@@ -58,11 +60,11 @@ async fn main() -> anyhow::Result<()> {
             "INSERT INTO raw_events SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[],
                  $6::smallint[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[], $11::bytea[])",
         )
-        .bind(chunk.iter().map(|e| e.position).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.position.0).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.stream.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.stream.to_string()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.stream_version).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.schema_version).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
@@ -80,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let never_stop = tokio::sync::watch::Sender::new(false);
     let state = AppState {
         pool: pool.clone(),
+        unit_of_work: UnitOfWork::new(pool.clone(), bitcoin::Network::Regtest),
         node: Node::connect(
             "http://127.0.0.1:9",
             Credentials::UserPass("x".into(), "x".into()),

@@ -9,7 +9,11 @@
 use std::process::Command;
 use std::time::Instant;
 
-use chainledger::domain::events::{self, NewEvent};
+use chainledger::domain::account;
+use chainledger::domain::events::Event;
+use chainledger::domain::stream::{NewEvent, StreamName};
+use chainledger::domain::tracked::{Btc, Deposit, Status};
+use chainledger::domain::Sats;
 use chainledger::projections::{self, rebuild};
 use chainledger::store;
 use futures::TryStreamExt;
@@ -22,30 +26,38 @@ const PER_DEPOSIT: usize = 8;
 const GROUP: usize = 625; // deposits in flight together: 5,000 events per append
 
 fn deposit_event(d: usize, step: usize, accounts: &[Uuid]) -> NewEvent {
-    let account = accounts[d % ACCOUNTS];
-    let txid = format!("{d:064x}");
-    let (kind, conf, credited, status) = match step {
-        0 => (events::DEPOSIT_SEEN, 0, false, "mempool"),
-        1 => (events::DEPOSIT_CONFIRMED, 1, false, "confirming"),
-        2 => (events::DEPOSIT_CONFIRMED, 2, false, "confirming"),
-        3 => (events::DEPOSIT_CONFIRMED, 3, false, "confirming"),
-        4 => (events::DEPOSIT_CREDITED, 3, true, "credited"),
-        5 => (events::DEPOSIT_CONFIRMED, 4, true, "credited"),
-        6 => (events::DEPOSIT_CONFIRMED, 5, true, "credited"),
-        _ => (events::DEPOSIT_FINAL, 6, true, "final"),
+    let (conf, credited, status) = match step {
+        0 => (0, false, Status::Mempool),
+        1..=3 => (step as u32, false, Status::Confirming),
+        4 => (3, true, Status::Credited),
+        5 | 6 => (step as u32 - 1, true, Status::Credited),
+        _ => (6, true, Status::Final),
+    };
+    let deposit = Deposit {
+        account_id: accounts[d % ACCOUNTS],
+        address: format!("addr-{}", d % ACCOUNTS),
+        txid: format!("{d:064x}").parse().expect("a txid"),
+        vout: 0,
+        amount: Btc(Sats(50_000_000)),
+        amount_sats: Sats(50_000_000),
+        confirmations: conf,
+        block_hash: (conf > 0).then(|| format!("{:064x}", d / GROUP).parse().expect("a hash")),
+        block_height: (conf > 0).then_some(1000 + (d / GROUP) as u32),
+        credited,
+        credit_confirmations: 3,
+        status,
+        inputs: vec![],
+    };
+    let event = match step {
+        0 => Event::DepositSeen(deposit.clone()),
+        4 => Event::DepositCredited(deposit.clone()),
+        7 => Event::DepositFinal(deposit.clone()),
+        _ => Event::DepositConfirmed(deposit.clone()),
     };
     NewEvent {
-        stream: events::deposit_stream(&txid, 0),
+        stream: StreamName::deposit(deposit.outpoint()),
         expected_version: (step > 0).then(|| step as i32 - 1),
-        kind,
-        data: json!({
-            "account_id": account, "address": format!("addr-{}", d % ACCOUNTS),
-            "txid": txid, "vout": 0, "amount": "0.50000000", "amount_sats": 50_000_000u64,
-            "confirmations": conf,
-            "block_hash": (conf > 0).then(|| format!("{:064x}", d / GROUP)),
-            "block_height": (conf > 0).then_some(1000 + d / GROUP),
-            "credited": credited, "credit_confirmations": 3, "status": status
-        }),
+        event,
         metadata: json!({"source": "bench"}),
     }
 }
@@ -54,12 +66,9 @@ async fn generate(pool: &PgPool, total: usize) -> anyhow::Result<()> {
     let accounts: Vec<Uuid> = (0..ACCOUNTS).map(|_| Uuid::new_v4()).collect();
     let mut batch: Vec<NewEvent> = accounts
         .iter()
-        .map(|id| NewEvent {
-            stream: events::account_stream(*id),
-            expected_version: None,
-            kind: events::ACCOUNT_CREATED,
-            data: json!({"account_id": id, "label": "bench", "credit_confirmations": 3}),
-            metadata: json!({"source": "bench"}),
+        .flat_map(|id| {
+            account::create(*id, "bench".into(), 3, None, &json!({"source": "bench"}))
+                .expect("a plain account")
         })
         .collect();
     let deposits = (total.saturating_sub(ACCOUNTS)) / PER_DEPOSIT;
@@ -114,13 +123,13 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&url).await?;
     chainledger::db::migrate(&pool).await?;
     anyhow::ensure!(
-        store::head(&pool).await? == 0,
+        store::head(&pool).await?.0 == 0,
         "bench needs an empty database"
     );
 
     let started = Instant::now();
     generate(&pool, total).await?;
-    let head = store::head(&pool).await?;
+    let head = store::head(&pool).await?.0;
     eprintln!(
         "generated {head} events in {:.1} s",
         started.elapsed().as_secs_f64()

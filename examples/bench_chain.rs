@@ -31,11 +31,12 @@ use bitcoin::{
     absolute, transaction, Address, Amount, Block, Network, NetworkKind, OutPoint, PubkeyHash,
     PublicKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
 };
-use chainledger::chain::lookahead;
 use chainledger::config::Config;
+use chainledger::domain::account::{self, Account};
 use chainledger::domain::descriptor::AccountDescriptor;
-use chainledger::domain::events::{self, NewEvent};
-use chainledger::{projections, store};
+use chainledger::domain::events::EventType;
+use chainledger::store;
+use chainledger::unit_of_work::{Decided, UnitOfWork};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shared::{cpu, histogram, postgres_cpu, Rpc};
@@ -294,38 +295,28 @@ async fn watch(url: &str, addresses: &[Address]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let pool = PgPool::connect(url).await?;
     chainledger::db::migrate(&pool).await?;
+    let log = UnitOfWork::new(pool.clone(), Network::Regtest);
     let id = Uuid::new_v4();
-    let stream = events::account_stream(id);
-    let created = NewEvent {
-        stream: stream.clone(),
-        expected_version: None,
-        kind: events::ACCOUNT_CREATED,
-        data: json!({"account_id": id, "label": "bench", "credit_confirmations": 3}),
-        metadata: json!({"source": "bench"}),
+    let metadata = json!({"source": "bench"});
+    let mut pending = account::create(id, "bench".into(), 3, None, &metadata)?;
+    let mut account = Account {
+        id,
+        version: 0,
+        descriptor: None,
+        lookahead: 0,
+        watched_to: 0,
+        handed_out: 0,
     };
-    let mut version = 0;
-    let mut pending = vec![created];
     let mut rest = addresses.iter();
     loop {
         for a in rest.by_ref().take(1000 - pending.len()) {
-            pending.push(NewEvent {
-                stream: stream.clone(),
-                expected_version: Some(version),
-                kind: events::ADDRESS_WATCHED,
-                data: json!({"account_id": id, "address": a.to_string(),
-                             "script_pubkey": hex::encode(a.script_pubkey().as_bytes())}),
-                metadata: json!({"source": "bench"}),
-            });
-            version += 1;
+            pending.push(account.watch(a.to_string(), a.script_pubkey(), &metadata));
+            account.version += 1;
         }
         if pending.is_empty() {
             break;
         }
-        let mut tx = pool.begin().await?;
-        let stored = store::append(&mut tx, &pending).await?;
-        projections::apply(&mut tx, &stored).await?;
-        tx.commit().await?;
-        pending.clear();
+        log.record(Decided(std::mem::take(&mut pending))).await?;
     }
     pool.close().await;
     Ok(started.elapsed().as_secs_f64())
@@ -859,7 +850,7 @@ async fn rescan(args: &[String]) -> anyhow::Result<()> {
         .await?;
         let seen = by_type
             .iter()
-            .find(|(t, _)| t == events::DEPOSIT_SEEN)
+            .find(|(t, _)| t == EventType::DepositSeen.as_str())
             .map_or(0, |(_, n)| *n);
         anyhow::ensure!(
             seen as usize == expected,
@@ -920,7 +911,7 @@ fn bench_xpub(secp: &Secp256k1<All>, i: usize) -> anyhow::Result<String> {
 /// Migrates and appends `accounts` xpub accounts with `lookahead` — the events `POST
 /// /v1/accounts {"xpub", "lookahead"}` appends (`account.created` with the descriptor and
 /// look-ahead, then `address.watched` with the index for 0..lookahead from
-/// `lookahead::window_events`), one account per transaction. Derivation runs on two
+/// `domain::account::create`), one account per transaction. Derivation runs on two
 /// blocking threads ahead of the appends. Returns the descriptors and the seconds.
 async fn watch_derived(
     url: &str,
@@ -930,6 +921,7 @@ async fn watch_derived(
     let started = Instant::now();
     let pool = PgPool::connect(url).await?;
     chainledger::db::migrate(&pool).await?;
+    let log = UnitOfWork::new(pool.clone(), Network::Regtest);
     let metadata = json!({"source": "bench"});
     let derived = futures::stream::iter(0..accounts)
         .map(|i| {
@@ -941,22 +933,10 @@ async fn watch_derived(
                     None,
                     None,
                     Network::Regtest,
-                )
-                .map_err(anyhow::Error::msg)?;
+                )?;
                 let id = Uuid::new_v4();
-                let mut batch = vec![NewEvent {
-                    stream: events::account_stream(id),
-                    expected_version: None,
-                    kind: events::ACCOUNT_CREATED,
-                    data: json!({"account_id": id, "label": format!("xpub {i}"),
-                                 "credit_confirmations": 3, "descriptor": d.canonical(),
-                                 "lookahead": lookahead}),
-                    metadata: metadata.clone(),
-                }];
-                let (window, _) =
-                    lookahead::window_events(id, &d, 0, lookahead as i32, 0, &metadata)
-                        .map_err(anyhow::Error::msg)?;
-                batch.extend(window);
+                let batch =
+                    account::create(id, format!("xpub {i}"), 3, Some((&d, lookahead)), &metadata)?;
                 Ok((d, batch))
             })
         })
@@ -965,10 +945,7 @@ async fn watch_derived(
     let mut descriptors = Vec::with_capacity(accounts);
     while let Some(next) = derived.next().await {
         let (d, batch) = next??;
-        let mut tx = pool.begin().await?;
-        let stored = store::append(&mut tx, &batch).await?;
-        projections::apply(&mut tx, &stored).await?;
-        tx.commit().await?;
+        log.record(Decided(batch)).await?;
         descriptors.push(d);
     }
     pool.close().await;

@@ -334,7 +334,9 @@ async fn delivery_run(
     // deposit.seen first seen in a block is not: its deposit.confirmed is).
     let mut batch = shared::deposit_seen_events(per_subscriber, 0);
     for e in &mut batch {
-        e.data["confirmations"] = json!(0);
+        if let chainledger::domain::events::Event::DepositSeen(d) = &mut e.event {
+            d.confirmations = 0;
+        }
     }
     let (received_before, _) = receiver.count().await?;
     let metrics_before = histogram(
@@ -417,13 +419,13 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
     // A body exactly like the webhooks': one of the events, serialised as `send` does.
     let sample = shared::deposit_seen_events(1, 12345).remove(0);
     let body = Bytes::from(serde_json::to_vec(&StoredEvent {
-        position: 12346,
+        position: chainledger::domain::stream::Position(12346),
         id: Uuid::new_v4(),
-        kind: sample.kind.to_string(),
+        kind: sample.event.kind(),
         stream: sample.stream,
         stream_version: 0,
         recorded_at: chrono::Utc::now(),
-        data: sample.data,
+        data: sample.event.to_data(),
         schema_version: 1,
         metadata: sample.metadata,
         prev_hash: Vec::new(),

@@ -18,6 +18,7 @@ use crate::db;
 use crate::delivery::Dispatcher;
 use crate::http::{self, AppState};
 use crate::store::notify::LogWatch;
+use crate::unit_of_work::UnitOfWork;
 
 /// A started service; dropping it does not stop it, [`Running::shutdown`] does.
 pub struct Running {
@@ -84,12 +85,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .context("failed to listen for appended events")?;
     let status = Arc::new(FollowerStatus::default());
     let (stop, stopped) = watch::channel(false);
+    let unit_of_work = UnitOfWork::new(pool.clone(), cfg.network.bitcoin());
     let follower = Follower::new(
-        pool.clone(),
+        unit_of_work.clone(),
         node.clone(),
         FollowerConfig {
             final_confirmations: cfg.final_confirmations,
-            network: cfg.network.bitcoin(),
             drop_grace: std::time::Duration::from_secs(cfg.mempool_drop_grace_secs),
             start_height: cfg.start_height,
             poll_interval: cfg.poll_interval(),
@@ -100,6 +101,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let wake_rescans = Arc::new(Notify::new());
     let rescanner = Rescanner {
+        unit_of_work: unit_of_work.clone(),
         pool: pool.clone(),
         node: node.clone(),
         final_confirmations: cfg.final_confirmations,
@@ -118,6 +120,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let state = AppState {
         bitcart_auth: Arc::new(http::BasicAuth::new(&cfg.bitcart_user, bitcart_password)),
         pool,
+        unit_of_work,
         node,
         network: cfg.network,
         api_token: Arc::from(api_token.as_str()),

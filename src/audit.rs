@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::events;
+use crate::domain::stream::{event_id, StreamName};
 use crate::store::hash::{self, Hashed, GENESIS};
 
 /// Events read per query while exporting or verifying.
@@ -179,7 +179,7 @@ pub async fn export(
 ) -> anyhow::Result<u64> {
     let to = match to {
         Some(t) => t,
-        None => crate::store::head(&mut *conn).await?,
+        None => crate::store::head(&mut *conn).await?.0,
     };
     if format == Format::Csv {
         out.write_all(&csv_header())?;
@@ -251,7 +251,7 @@ impl Verifier {
                 "the first event does not chain from the genesis hash".into()
             ));
         }
-        if r.id != events::event_id(&r.stream, r.stream_version) {
+        if r.id != event_id(&StreamName::from_stored(r.stream.clone()), r.stream_version) {
             return Err(bad(format!(
                 "id {} is not the id of {} version {}",
                 r.id, r.stream, r.stream_version

@@ -4,30 +4,37 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one configuration struct (flags and environment) and the CLI.
-//! - [`domain`]: pure types and decisions, no IO: amounts, addresses, the event catalogue,
-//!   and [`domain::ledger`], which says which events an observed block or mempool yields.
-//! - [`store`]: the event log: batch appends with expected versions, the hash chain, reads.
-//! - [`projections`]: folds events into the read models (`projections/*.sql`) inside the
-//!   appending transaction.
-//! - [`chain`]: the node client, the chain follower (blocks, reorgs) and the mempool watcher.
-//!   A block is processed in [`chain::follower`].
-//! - [`delivery`]: webhooks: the dispatcher, per-subscriber workers under a lease, Standard
-//!   Webhooks signing, the retry schedule, the SSRF guard, delivery formats and script
-//!   handlers. A webhook is sent in [`delivery::Dispatcher`]'s `send`; cursors are the fold
-//!   in [`projections::cursors`].
+//! - [`unit_of_work`]: **the one way events enter the log**: lock → load → decide →
+//!   look-ahead → append → apply → commit, for every writer (follower, mempool watcher,
+//!   rescans, API commands). Nothing else appends; no RPC or HTTP runs under its lock.
+//! - [`domain`]: pure types and decisions, no IO: the typed event catalogue
+//!   ([`domain::events`]), stream names and positions, deposits and withdrawals
+//!   ([`domain::tracked`]), [`domain::ledger`] (which events an observed block, reorg,
+//!   mempool or broadcast yields), [`domain::fork`] (the fork point of a reorg),
+//!   [`domain::account`] (account commands, look-ahead windows).
+//! - [`store`]: the event log: batch appends with expected versions, the hash chain, reads,
+//!   and the LISTEN/NOTIFY that wakes readers.
+//! - [`projections`]: folds typed events into the read models (`projections/*.sql`) inside
+//!   the appending transaction, reads them back as domain types, rebuilds them.
+//! - [`chain`]: the node client, the chain follower ([`chain::follower`] fetches and
+//!   follows reorgs; **a block is processed in [`chain::block`]**), the mempool watcher,
+//!   rescans.
+//! - [`delivery`]: webhooks: the dispatcher and its per-subscriber workers under a lease,
+//!   rendering in each format, **a webhook is sent in [`delivery::transport`]**, the
+//!   group-committed journal, signing, the retry schedule, the SSRF guard, script
+//!   handlers. Cursors are the fold in [`projections::cursors`].
 //! - [`compat`]: what cryptoassets.core, the Crypto IPN service and Bitcart put on the
-//!   wire, mapped from our events (pure); their endpoints are in [`http`].
-//! - [`http`]: the axum API: commands, queries, the long-poll tail, SSE, subscribers,
-//!   metrics, OpenAPI, and the Bitcart-daemon-compatible JSON-RPC and websocket
-//!   (`/bitcart`), whose cursors live in `migrations/0006_bitcart.sql`.
-//! - [`compat`]: pure translations of the log into other systems' event formats:
-//!   [`compat::bitcart`] (what a Bitcart daemon would send the Bitcart SDK).
+//!   wire, mapped from typed events (pure); their endpoints are in [`http`].
+//! - [`http`]: the axum API: commands (observations for the unit of work), queries, the
+//!   long-poll tail, SSE, subscribers, metrics, OpenAPI, and the Bitcart-daemon-compatible
+//!   JSON-RPC and websocket (`/bitcart`), whose cursors live in
+//!   `migrations/0006_bitcart.sql`.
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
 //! - [`tools`]: the operator subcommands (`rebuild-projections`, `audit-export`,
 //!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
-//! - [`metrics`]: Prometheus counters and gauges.
+//! - [`config`], [`db`], [`metrics`]: the configuration struct, connecting and migrating,
+//!   Prometheus counters and gauges.
 
 pub mod app;
 pub mod audit;
@@ -42,3 +49,4 @@ pub mod metrics;
 pub mod projections;
 pub mod store;
 pub mod tools;
+pub mod unit_of_work;

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use chainledger::domain::events::NewEvent;
+use bitcoin::hashes::Hash;
+use chainledger::domain::events::{BlockConnected, Event};
+use chainledger::domain::stream::{NewEvent, Position, StreamName};
 use chainledger::store::{self, hash, AppendError};
 use serde_json::json;
 use sqlx::PgPool;
@@ -19,11 +21,15 @@ async fn store_db() -> PgPool {
 
 fn event(stream: &str, expected: Option<i32>, n: i32) -> NewEvent {
     NewEvent {
-        stream: stream.to_string(),
+        stream: StreamName::from_stored(stream.to_string()),
         expected_version: expected,
-        kind: "block.connected",
-        data: json!({"n": n, "nested": {"b": 1, "a": [1, 2]}}),
-        metadata: json!({"source": "test"}),
+        event: Event::BlockConnected(BlockConnected {
+            height: n as u32,
+            hash: bitcoin::BlockHash::all_zeros(),
+            prev_hash: bitcoin::BlockHash::all_zeros(),
+            time: 1,
+        }),
+        metadata: json!({"source": "test", "nested": {"b": 1, "a": [1, 2]}}),
     }
 }
 
@@ -85,15 +91,17 @@ async fn gapless_positions_a_tailing_reader_sees_every_position_once_in_order() 
             let mut seen = Vec::new();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while std::time::Instant::now() < deadline {
-                let page = store::read_after(&pool, cursor, 100, None).await.unwrap();
+                let page = store::read_after(&pool, Position(cursor), 100, None)
+                    .await
+                    .unwrap();
                 for e in &page {
                     assert_eq!(
-                        e.position,
+                        e.position.0,
                         cursor + 1,
                         "the reader saw a hole after {cursor}"
                     );
-                    cursor = e.position;
-                    seen.push(e.position);
+                    cursor = e.position.0;
+                    seen.push(e.position.0);
                 }
                 if cursor == expected {
                     break;
@@ -127,7 +135,7 @@ async fn the_log_is_append_only_update_delete_and_truncate_fail() {
         let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
-    assert_eq!(store::head(&pool).await.unwrap(), 1);
+    assert_eq!(store::head(&pool).await.unwrap().0, 1);
 }
 
 #[tokio::test]
@@ -143,11 +151,11 @@ async fn an_append_at_a_stale_expected_version_is_a_conflict_never_a_duplicate()
     let ahead = append_one(&pool, &[event("deposit-aa:0", Some(3), 1)]).await;
     assert!(matches!(ahead, Err(AppendError::Conflict(_))), "{ahead:?}");
     // The conflicting batch left nothing behind, not even a consumed position.
-    assert_eq!(store::head(&pool).await.unwrap(), 1);
+    assert_eq!(store::head(&pool).await.unwrap().0, 1);
     let next = append_one(&pool, &[event("deposit-aa:0", Some(0), 2)])
         .await
         .unwrap();
-    assert_eq!(next[0].position, 2);
+    assert_eq!(next[0].position.0, 2);
     assert_eq!(next[0].stream_version, 1);
 }
 
@@ -158,23 +166,25 @@ async fn event_ids_are_deterministic_and_the_hash_chain_recomputes_from_stored_r
         .map(|i| event("chain", (i > 0).then(|| i - 1), i))
         .collect();
     let appended = append_one(&pool, &batch).await.unwrap();
-    let read = store::read_after(&pool, 0, 100, None).await.unwrap();
+    let read = store::read_after(&pool, Position(0), 100, None)
+        .await
+        .unwrap();
     assert_eq!(appended, read, "what was appended is what is read back");
     let mut prev = hash::GENESIS.to_vec();
     for e in &read {
         assert_eq!(
             e.id,
-            chainledger::domain::events::event_id(&e.stream, e.stream_version)
+            chainledger::domain::stream::event_id(&e.stream, e.stream_version)
         );
         assert_eq!(e.prev_hash, prev);
         let h = hash::event_hash(
             &prev,
             &hash::Hashed {
-                position: e.position,
+                position: e.position.0,
                 id: e.id,
-                stream: &e.stream,
+                stream: e.stream.as_str(),
                 stream_version: e.stream_version,
-                kind: &e.kind,
+                kind: e.kind.as_str(),
                 schema_version: e.schema_version,
                 data: &e.data,
                 metadata: &e.metadata,

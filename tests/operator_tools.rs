@@ -140,25 +140,24 @@ async fn a_rebuild_while_blocks_are_appended_ends_with_those_blocks() {
     // A log long enough that the rebuild takes a while: 30,000 accounts.
     {
         let pool = sqlx::PgPool::connect(&db).await.unwrap();
+        let log = chainledger::unit_of_work::UnitOfWork::new(pool, bitcoin::Network::Regtest);
         for chunk in 0..6 {
             let batch: Vec<_> = (0..5000)
-                .map(|i| {
+                .flat_map(|i| {
                     let id = uuid::Uuid::new_v4();
-                    chainledger::domain::events::NewEvent {
-                        stream: chainledger::domain::events::account_stream(id),
-                        expected_version: None,
-                        kind: chainledger::domain::events::ACCOUNT_CREATED,
-                        data: json!({"account_id": id, "label": format!("bulk {chunk}/{i}"), "credit_confirmations": 3}),
-                        metadata: json!({"source": "test"}),
-                    }
+                    chainledger::domain::account::create(
+                        id,
+                        format!("bulk {chunk}/{i}"),
+                        3,
+                        None,
+                        &json!({"source": "test"}),
+                    )
+                    .unwrap()
                 })
                 .collect();
-            let mut tx = pool.begin().await.unwrap();
-            let stored = chainledger::store::append(&mut tx, &batch).await.unwrap();
-            chainledger::projections::apply(&mut tx, &stored)
+            log.record(chainledger::unit_of_work::Decided(batch))
                 .await
                 .unwrap();
-            tx.commit().await.unwrap();
         }
     }
     let address = node.new_address("legacy");

@@ -583,19 +583,36 @@ async fn idle_ipn_subscribers_skip_other_events_and_still_get_their_own() {
     let pool = sqlx::PgPool::connect(svc.database_url.as_deref().unwrap())
         .await
         .unwrap();
-    let other: Vec<chainledger::domain::events::NewEvent> = (0..10_050u64)
-        .map(|i| chainledger::domain::events::NewEvent {
-            stream: format!("deposit-{i:064x}:0"),
-            expected_version: None,
-            kind: "deposit.seen",
-            data: json!({"address": foreign_address(), "txid": format!("{i:064x}"), "vout": 0,
-                         "amount_sats": 1000, "confirmations": 0}),
-            metadata: json!({"source": "test"}),
+    let other: Vec<chainledger::domain::stream::NewEvent> = (0..10_050u64)
+        .map(|i| {
+            use chainledger::domain::tracked::{Btc, Deposit, Status};
+            let deposit = Deposit {
+                account_id: uuid::Uuid::new_v4(),
+                address: foreign_address(),
+                txid: format!("{i:064x}").parse().unwrap(),
+                vout: 0,
+                amount: Btc(chainledger::domain::Sats(1000)),
+                amount_sats: chainledger::domain::Sats(1000),
+                confirmations: 0,
+                block_hash: None,
+                block_height: None,
+                credited: false,
+                credit_confirmations: 3,
+                status: Status::Mempool,
+                inputs: vec![],
+            };
+            chainledger::domain::stream::NewEvent {
+                stream: chainledger::domain::stream::StreamName::deposit(deposit.outpoint()),
+                expected_version: None,
+                event: chainledger::domain::events::Event::DepositSeen(deposit),
+                metadata: json!({"source": "test"}),
+            }
         })
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    chainledger::store::append(&mut tx, &other).await.unwrap();
-    tx.commit().await.unwrap();
+    chainledger::unit_of_work::UnitOfWork::new(pool, bitcoin::Network::Regtest)
+        .record(chainledger::unit_of_work::Decided(other))
+        .await
+        .unwrap();
     let head = svc.head().await;
     eventually(Duration::from_secs(20), || async {
         let (_, v) = svc.get(&format!("/v1/subscribers/{id}")).await;

@@ -21,6 +21,14 @@ async fn withdrawal_events(svc: &Service, txid: &str) -> Vec<Value> {
 /// address: (node, service, account, address, deposit txid, its vout).
 async fn credited_deposit(btc: &str) -> (Node, Service, String, String, String, u32) {
     let (node, svc) = node_and_service().await;
+    credited_deposit_on(node, svc, btc).await
+}
+
+async fn credited_deposit_on(
+    node: Node,
+    svc: Service,
+    btc: &str,
+) -> (Node, Service, String, String, String, u32) {
     let w = node.new_address("legacy");
     let account = svc.account_watching(&w).await;
     let deposit = node.send(&w, btc);
@@ -188,5 +196,97 @@ async fn a_spend_of_a_deposit_made_elsewhere_is_an_observed_withdrawal() {
         svc.balance(&account).await,
         svc.replayed_balance(&account).await
     );
+    svc.stop().await;
+}
+
+/// Times a `POST /v1/accounts`.
+async fn timed_account(svc: &Service) -> Duration {
+    let started = std::time::Instant::now();
+    let (status, body) = svc
+        .post("/v1/accounts", json!({"label": "meanwhile"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_in_flight_to_a_hung_node_holds_up_no_other_command() {
+    let (node, svc, account, _, deposit, vout) = credited_deposit("2").await;
+    let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 1.9999);
+    node.signal("STOP");
+    let post = {
+        let (http, base) = (svc.http.clone(), svc.base.clone());
+        tokio::spawn(async move {
+            let resp = http
+                .post(format!("{base}/v1/withdrawals"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"account_id": account, "raw_tx": raw}))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!post.is_finished(), "the broadcast waits on the hung node");
+    for _ in 0..3 {
+        let took = timed_account(&svc).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "POST /v1/accounts took {took:?}"
+        );
+    }
+    node.signal("CONT");
+    assert_eq!(post.await.unwrap(), 201);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_appends_while_a_broadcast_hangs() {
+    let node = Node::start();
+    let proxy = common::rpc_proxy::RpcProxy::start(&node).await;
+    let mut cfg = config(&fresh_database().await, &node);
+    cfg.bitcoind_rpc_url = proxy.url.clone();
+    let svc = Service::start(cfg).await;
+    svc.synced_to(node.height()).await;
+    let (node, svc, account, _, deposit, vout) = credited_deposit_on(node, svc, "2").await;
+    let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 1.9999);
+
+    // The node answers everything but the broadcast, which hangs.
+    proxy.hold("sendrawtransaction");
+    let post = {
+        let (http, base) = (svc.http.clone(), svc.base.clone());
+        tokio::spawn(async move {
+            let resp = http
+                .post(format!("{base}/v1/withdrawals"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"account_id": account, "raw_tx": raw}))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        })
+    };
+    eventually(Duration::from_secs(10), || async {
+        (proxy.calls("sendrawtransaction") == 1).then_some(())
+    })
+    .await;
+    let mined = std::time::Instant::now();
+    node.mine(1);
+    svc.synced_to(node.height()).await;
+    let took = mined.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the block reached the log after {took:?}"
+    );
+    let took = timed_account(&svc).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "POST /v1/accounts took {took:?}"
+    );
+    assert!(!post.is_finished(), "the broadcast is still held");
+
+    proxy.release();
+    assert_eq!(post.await.unwrap(), 201);
     svc.stop().await;
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bitcoincore_rpc::jsonrpc::minreq_http::MinreqHttpTransport;
 use bitcoincore_rpc::{jsonrpc, Client, RpcApi};
-use chainledger::domain::events::NewEvent;
+use chainledger::domain::events::Event;
+use chainledger::domain::stream::{NewEvent, StreamName};
+use chainledger::domain::tracked::{Btc, Deposit, Status};
+use chainledger::domain::Sats;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -59,21 +62,34 @@ impl Rpc {
     }
 }
 
-/// `n` events shaped like `deposit.seen` (about 420 bytes of JSON each), one stream each,
-/// numbered from `first`.
+/// `n` `deposit.seen` events (about 420 bytes of JSON each), one stream each, numbered
+/// from `first`.
 pub fn deposit_seen_events(n: usize, first: usize) -> Vec<NewEvent> {
     (first..first + n)
-        .map(|i| NewEvent {
-            stream: format!("deposit-{i:064x}:0"),
-            expected_version: None,
-            kind: "deposit.seen",
-            data: json!({
-                "account_id": "5b0c3d6e-9a41-4a8e-8c7e-0f5d2a1b3c4d", "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
-                "txid": format!("{i:064x}"), "vout": 0, "amount": "1.50000000", "amount_sats": 150_000_000u64,
-                "confirmations": 1, "block_hash": format!("{:064x}", i / 50), "block_height": 101 + i / 50,
-                "credited": false, "credit_confirmations": 3, "status": "confirming"
-            }),
-            metadata: json!({"source": "bench"}),
+        .map(|i| {
+            let deposit = Deposit {
+                account_id: "5b0c3d6e-9a41-4a8e-8c7e-0f5d2a1b3c4d"
+                    .parse()
+                    .expect("a uuid"),
+                address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
+                txid: format!("{i:064x}").parse().expect("a txid"),
+                vout: 0,
+                amount: Btc(Sats(150_000_000)),
+                amount_sats: Sats(150_000_000),
+                confirmations: 1,
+                block_hash: Some(format!("{:064x}", i / 50).parse().expect("a hash")),
+                block_height: Some(101 + i as u32 / 50),
+                credited: false,
+                credit_confirmations: 3,
+                status: Status::Confirming,
+                inputs: vec![],
+            };
+            NewEvent {
+                stream: StreamName::deposit(deposit.outpoint()),
+                expected_version: None,
+                event: Event::DepositSeen(deposit),
+                metadata: json!({"source": "bench"}),
+            }
         })
         .collect()
 }

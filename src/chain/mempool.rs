@@ -1,40 +1,46 @@
 //! The mempool watcher: `deposit.seen` with 0 confirmations for transactions paying
-//! watched scripts before they are mined; `deposit.replaced` when a new mempool transaction
-//! spends what an unconfirmed deposit's transaction spent (replace-by-fee); and
-//! `deposit.dropped` when a deposit's transaction has been missing from the mempool,
-//! unmined, for the grace period. Each transaction is fetched once; the cache is dropped
-//! when new addresses are watched, so earlier transactions are checked again.
+//! watched scripts before they are mined; `*.replaced` when a new mempool transaction
+//! spends what an unconfirmed deposit's or withdrawal's transaction spent
+//! (replace-by-fee); observed withdrawals (spends of deposits made elsewhere, or one the
+//! API broadcast and had not recorded yet); and `*.dropped` when a transaction has been
+//! missing from the mempool, unmined, for the grace period. Each transaction is fetched
+//! once, outside the log lock; the cache is dropped when new addresses are watched, so
+//! earlier transactions are checked again.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bitcoin::Txid;
+use bitcoin::{OutPoint, Transaction, Txid};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use super::node::Node;
+use super::outgoing;
 use super::watches::Watches;
-use crate::domain::ledger::Ledger;
-use crate::{projections, store};
+use crate::domain::ledger::Key;
+use crate::domain::ledger::{FoundOutput, Ledger, LedgerState};
+use crate::domain::tracked::Withdrawal;
+use crate::projections::read;
+use crate::unit_of_work::{Decision, Observation, RecordError, UnitOfWork};
 
 #[derive(Default)]
 pub struct MempoolWatcher {
     checked: HashSet<Txid>,
-    /// Unconfirmed deposits not in the mempool, since when (reset on a restart: the grace
-    /// period then starts again, which only delays `deposit.dropped`).
-    missing_since: HashMap<(String, u32), Instant>,
+    /// Unconfirmed deposits and withdrawals not in the mempool, since when (reset on a
+    /// restart: the grace period then starts again, which only delays `*.dropped`).
+    missing_since: HashMap<Key, Instant>,
 }
 
 impl MempoolWatcher {
     pub async fn poll(
         &mut self,
-        pool: &PgPool,
+        log: &UnitOfWork,
         node: &Node,
         watches: &mut Watches,
         final_confirmations: u32,
-        network: bitcoin::Network,
         drop_grace: Duration,
     ) -> anyhow::Result<()> {
+        let pool = log.pool();
         if watches.refresh(&mut *pool.acquire().await?).await? {
             self.checked.clear();
         }
@@ -44,18 +50,10 @@ impl MempoolWatcher {
         let mempool = node.raw_mempool().await?;
         let current: HashSet<Txid> = mempool.iter().copied().collect();
         self.checked.retain(|t| current.contains(t));
-        let mut unconfirmed = projections::read::unconfirmed_deposits(pool).await?;
-        // Withdrawals too, keyed apart from deposits' (txid, vout) by u32::MAX.
-        unconfirmed.extend(
-            projections::read::unconfirmed_withdrawals(pool)
-                .await?
-                .into_iter()
-                .map(|(txid, inputs)| (txid, u32::MAX, inputs)),
-        );
-        let spent_by_deposits: HashMap<bitcoin::OutPoint, ()> = unconfirmed
+        let unconfirmed = read::unconfirmed(pool).await?;
+        let spent_by_tracked: HashSet<OutPoint> = unconfirmed
             .iter()
-            .flat_map(|(_, _, inputs)| inputs.iter().filter_map(|i| i.parse().ok()))
-            .map(|op| (op, ()))
+            .flat_map(|(_, inputs)| inputs.iter().copied())
             .collect();
         let mut found = Vec::new();
         let mut fetched = Vec::new();
@@ -65,79 +63,63 @@ impl MempoolWatcher {
             if let Some(tx) = node.mempool_transaction(txid).await? {
                 watches.scan(&tx, &mut found);
                 for input in &tx.input {
-                    if spent_by_deposits.contains_key(&input.previous_output) {
-                        spends.push((txid.to_string(), input.previous_output.to_string()));
+                    if spent_by_tracked.contains(&input.previous_output) {
+                        spends.push((txid, input.previous_output));
                     }
                 }
                 new_txs.push(tx);
             }
             fetched.push(txid);
         }
-        // Spends of watched outputs not submitted through the API.
-        let refs: Vec<&bitcoin::Transaction> = new_txs.iter().collect();
-        let observed = if refs.is_empty() {
-            Vec::new() // the usual poll: nothing new, no connection taken
+        // Spends of deposits: looked up here first, so the usual poll (nothing of ours)
+        // takes no lock; the observation looks again under it.
+        let spending: Vec<Transaction> = if new_txs.is_empty() {
+            Vec::new()
         } else {
-            super::outgoing::find(&mut *pool.acquire().await?, &refs).await?
+            let refs: Vec<&Transaction> = new_txs.iter().collect();
+            let mut conn = pool.acquire().await?;
+            outgoing::find(&mut conn, &refs)
+                .await?
+                .into_iter()
+                .map(|(i, _)| new_txs[i].clone())
+                .collect()
         };
-        // Deposits whose transaction left the mempool unmined, past the grace period.
+        // Transactions that left the mempool unmined, past the grace period.
         let now = Instant::now();
         let mut dropped = Vec::new();
         let mut missing = HashMap::new();
-        for (txid, vout, _) in &unconfirmed {
-            let in_mempool = txid.parse::<Txid>().is_ok_and(|t| current.contains(&t));
-            if in_mempool {
+        for (key, _) in &unconfirmed {
+            let txid = match key {
+                Key::Deposit(o) => o.txid,
+                Key::Withdrawal(t) => *t,
+            };
+            if current.contains(&txid) {
                 continue;
             }
-            let key = (txid.clone(), *vout);
-            let since = self.missing_since.get(&key).copied().unwrap_or(now);
+            let since = self.missing_since.get(key).copied().unwrap_or(now);
             if now.duration_since(since) >= drop_grace {
-                dropped.push(key);
+                dropped.push(*key);
             } else {
-                missing.insert(key, since);
+                missing.insert(*key, since);
             }
         }
         self.missing_since = missing;
-        if !found.is_empty() || !spends.is_empty() || !dropped.is_empty() || !observed.is_empty() {
-            let mut tx = pool.begin().await?;
-            store::lock(&mut tx).await?;
-            let mut txids: Vec<String> = found.iter().map(|f| f.txid.clone()).collect();
-            txids.extend(dropped.iter().map(|(t, _)| t.clone()));
-            let loaded = projections::read::deposits_for_observation(&mut tx, &[], &txids).await?;
-            let withdrawals = projections::read::withdrawals_for_observation(&mut tx, &[]).await?;
-            let mut ledger = Ledger::new(
-                final_confirmations,
-                None,
-                loaded,
-                json!({"source": "mempool"}),
-            )
-            .with_withdrawals(withdrawals);
-            ledger.seen_in_mempool(found);
-            for (_, w) in observed {
-                ledger.broadcast(w);
-            }
-            for (spender, outpoint) in &spends {
-                ledger.spent(spender, outpoint);
-            }
-            let (dropped_withdrawals, dropped): (Vec<_>, Vec<_>) =
-                dropped.into_iter().partition(|(_, vout)| *vout == u32::MAX);
-            ledger.dropped(&dropped);
-            ledger.dropped_withdrawals(
-                &dropped_withdrawals
-                    .into_iter()
-                    .map(|(t, _)| t)
-                    .collect::<Vec<_>>(),
-            );
-            let mut events = ledger.into_events();
-            events.extend(super::lookahead::extend_for_deposits(&mut tx, &events, network).await?);
-            let stored = store::append(&mut tx, &events).await?;
-            projections::apply(&mut tx, &stored).await?;
-            tx.commit().await?;
-            if !stored.is_empty() {
+        if !found.is_empty() || !spends.is_empty() || !dropped.is_empty() || !spending.is_empty() {
+            let (replaced, gone) = (spends.len(), dropped.len());
+            let recorded = log
+                .record(MempoolObservation {
+                    found,
+                    spends,
+                    dropped,
+                    spending,
+                    final_confirmations,
+                })
+                .await?;
+            if !recorded.events.is_empty() {
                 tracing::info!(
-                    events = stored.len(),
-                    replaced = spends.len(),
-                    dropped = dropped.len(),
+                    events = recorded.events.len(),
+                    replaced,
+                    dropped = gone,
                     "mempool observed"
                 );
             }
@@ -145,5 +127,50 @@ impl MempoolWatcher {
         // Only now: a failure above leaves them to be checked again next round.
         self.checked.extend(fetched);
         Ok(())
+    }
+}
+
+/// What one poll of the mempool saw, recorded as one observation.
+struct MempoolObservation {
+    found: Vec<FoundOutput>,
+    /// (spender, outpoint): new transactions spending what a tracked one spent.
+    spends: Vec<(Txid, OutPoint)>,
+    dropped: Vec<Key>,
+    /// New transactions spending deposits (withdrawals, unless recorded meanwhile).
+    spending: Vec<Transaction>,
+    final_confirmations: u32,
+}
+
+impl Observation for MempoolObservation {
+    type State = (LedgerState, Vec<Withdrawal>);
+    type Outcome = ();
+
+    async fn load(&mut self, conn: &mut PgConnection) -> Result<Self::State, RecordError> {
+        let refs: Vec<&Transaction> = self.spending.iter().collect();
+        let observed: Vec<Withdrawal> = outgoing::find(conn, &refs)
+            .await?
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect();
+        let txids: Vec<Txid> = self.found.iter().map(|f| f.outpoint.txid).collect();
+        let ledger = read::ledger_state(conn, &[], &txids, &[]).await?;
+        Ok((ledger, observed))
+    }
+
+    fn decide(self, (state, observed): Self::State) -> Result<Decision<()>, RecordError> {
+        let mut ledger = Ledger::new(
+            self.final_confirmations,
+            state,
+            json!({"source": "mempool"}),
+        );
+        ledger.seen_in_mempool(self.found);
+        for w in observed {
+            ledger.broadcast(w);
+        }
+        for (spender, outpoint) in self.spends {
+            ledger.spent(spender, outpoint);
+        }
+        ledger.dropped(&self.dropped);
+        Ok(Decision::new(ledger.into_events(), ()))
     }
 }

@@ -1,11 +1,12 @@
 //! Following the node: [`node`] is the RPC client (blocking calls run off the async
-//! runtime), [`follower`] connects blocks and handles reorgs, [`mempool`] watches
+//! runtime), [`follower`] fetches blocks and follows reorgs, [`block`] is where a block
+//! is processed (the observation the unit of work records), [`mempool`] watches
 //! 0-confirmation deposits, [`watches`] is the set of scripts they match against,
-//! [`lookahead`] keeps descriptor accounts' derived addresses watched ahead of use,
-//! [`rescan`] reads past blocks for addresses watched with `rescan_from_height`.
+//! [`outgoing`] finds spends of deposits, [`rescan`] reads past blocks for addresses
+//! watched with `rescan_from_height`.
 
+pub mod block;
 pub mod follower;
-pub mod lookahead;
 pub mod mempool;
 pub mod node;
 pub mod outgoing;

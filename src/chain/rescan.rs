@@ -14,16 +14,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitcoin::{Block, ScriptBuf};
+use bitcoin::{Block, OutPoint, ScriptBuf};
 use futures::StreamExt;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use super::node::Node;
-use crate::domain::ledger::{BlockRef, FoundOutput, Ledger, Watch};
+use crate::domain::ledger::{BlockRef, FoundOutput, Ledger, LedgerState, Watch};
+use crate::domain::tracked::inputs_of;
 use crate::domain::Sats;
-use crate::{projections, store};
+use crate::projections::read;
+use crate::store::StoredEvent;
+use crate::unit_of_work::{Decision, Observation, RecordError, UnitOfWork};
 
 /// Key space of the rescan locks (two-key advisory locks): "rsc".
 const LOCK_CLASS: i32 = 0x0072_7363;
@@ -33,6 +36,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const PREFETCH: usize = 6;
 
 pub struct Rescanner {
+    pub unit_of_work: UnitOfWork,
     pub pool: PgPool,
     pub node: Node,
     pub final_confirmations: u32,
@@ -47,10 +51,13 @@ struct Job {
     to: u32,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     Done,
     /// Stopped (shutdown) or the stored chain is behind this height for now.
     Paused,
+    /// A reorg replaced the block since it was read: read the height again.
+    Replaced,
 }
 
 impl Rescanner {
@@ -161,9 +168,9 @@ impl Rescanner {
             debug_assert_eq!(b.height, height);
             let found = scan(&block, &job);
             if !found.is_empty() {
-                match self.record(&job, &b, found).await? {
+                match self.record(&job, b, found).await? {
                     Outcome::Done => saved = Instant::now(),
-                    Outcome::Paused => return Ok(()),
+                    Outcome::Paused | Outcome::Replaced => return Ok(()),
                 }
             } else if saved.elapsed() >= PROGRESS_EVERY {
                 self.progress(id, height + 1).await?;
@@ -198,69 +205,118 @@ impl Rescanner {
     }
 
     /// The finds of one block, as one observation: its deposits settled against the
-    /// stored tip, appended with the rescan's progress.
+    /// stored tip, appended with the rescan's progress. A block a reorg replaced since it
+    /// was read is read again (outside the lock).
     async fn record(
         &self,
         job: &Job,
-        b: &BlockRef,
-        found: Vec<FoundOutput>,
+        mut b: BlockRef,
+        mut found: Vec<FoundOutput>,
     ) -> anyhow::Result<Outcome> {
-        let mut tx = self.pool.begin().await?;
-        store::lock(&mut tx).await?;
-        let stored = sqlx::query_scalar!(
-            "SELECT hash FROM chain_blocks WHERE height = $1",
-            b.height as i32
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let tip = sqlx::query_scalar!("SELECT max(height) FROM chain_blocks")
-            .fetch_one(&mut *tx)
-            .await?;
-        let Some(tip) = tip.filter(|t| *t as u32 >= b.height) else {
-            return Ok(Outcome::Paused); // the stored chain is below this height after a reorg
-        };
-        if stored.as_ref().is_some_and(|h| *h != b.hash) {
-            // A reorg replaced this block since we fetched it: read the height again.
+        loop {
+            let recorded = self
+                .unit_of_work
+                .record(RescanBlock {
+                    rescan_id: job.id,
+                    block: b,
+                    found,
+                    final_confirmations: self.final_confirmations,
+                })
+                .await?;
+            let (outcome, _, _) = recorded.outcome;
+            if outcome != Outcome::Replaced {
+                if !recorded.events.is_empty() {
+                    tracing::info!(
+                        rescan = job.id,
+                        height = b.height,
+                        events = recorded.events.len(),
+                        "rescan found deposits"
+                    );
+                }
+                return Ok(outcome);
+            }
             tracing::info!(
                 rescan = job.id,
                 height = b.height,
                 "block replaced during the rescan; fetching it again"
             );
-            drop(tx);
-            let (b, block) = fetch(&self.node, b.height).await?;
-            let found = scan(&block, job);
-            return Box::pin(self.record(job, &b, found)).await;
+            let (again, block) = fetch(&self.node, b.height).await?;
+            (b, found) = (again, scan(&block, job));
         }
-        let txids: Vec<String> = found.iter().map(|f| f.txid.clone()).collect();
-        let loaded = projections::read::deposits_for_observation(&mut tx, &[], &txids).await?;
-        let mut ledger = Ledger::new(
-            self.final_confirmations,
-            None,
-            loaded,
-            json!({"source": "rescan", "rescan_id": job.id, "height": b.height, "block_hash": b.hash}),
-        );
-        ledger.found_in_block(b, found);
-        ledger.settle(tip as u32);
-        let events = ledger.into_events();
-        let stored = store::append(&mut tx, &events).await?;
-        projections::apply(&mut tx, &stored).await?;
-        sqlx::query!(
-            "UPDATE rescans SET next_height = $2, updated_at = now() WHERE rescan_id = $1",
-            job.id,
-            b.height as i32 + 1
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if !stored.is_empty() {
-            tracing::info!(
-                rescan = job.id,
-                height = b.height,
-                events = stored.len(),
-                "rescan found deposits"
-            );
+    }
+}
+
+/// One block's finds of a rescan.
+struct RescanBlock {
+    rescan_id: i64,
+    block: BlockRef,
+    found: Vec<FoundOutput>,
+    final_confirmations: u32,
+}
+
+/// The stored chain around the block, and the deposits found.
+struct StoredAt {
+    /// The stored chain's hash at the block's height, and its tip.
+    hash: Option<bitcoin::BlockHash>,
+    tip: Option<u32>,
+    ledger: LedgerState,
+}
+
+impl Observation for RescanBlock {
+    type State = StoredAt;
+    type Outcome = (Outcome, i64, u32);
+
+    async fn load(&mut self, conn: &mut PgConnection) -> Result<StoredAt, RecordError> {
+        let stored = read::stored_blocks_below(&mut *conn, self.block.height as i32 + 1, 1)
+            .await?
+            .into_iter()
+            .find(|s| s.height == self.block.height);
+        let tip = read::tip(&mut *conn).await?.map(|t| t.height);
+        let txids: Vec<_> = self.found.iter().map(|f| f.outpoint.txid).collect();
+        let ledger = read::ledger_state(conn, &[], &txids, &[]).await?;
+        Ok(StoredAt {
+            hash: stored.map(|s| s.hash),
+            tip,
+            ledger,
+        })
+    }
+
+    fn decide(self, at: StoredAt) -> Result<Decision<Self::Outcome>, RecordError> {
+        let done =
+            |outcome| Decision::new(Vec::new(), (outcome, self.rescan_id, self.block.height));
+        let Some(tip) = at.tip.filter(|t| *t >= self.block.height) else {
+            return Ok(done(Outcome::Paused)); // the stored chain is below this height after a reorg
+        };
+        if at.hash.is_some_and(|h| h != self.block.hash) {
+            return Ok(done(Outcome::Replaced));
         }
-        Ok(Outcome::Done)
+        let metadata = json!({"source": "rescan", "rescan_id": self.rescan_id,
+                              "height": self.block.height, "block_hash": self.block.hash});
+        let mut ledger = Ledger::new(self.final_confirmations, at.ledger, metadata);
+        ledger.found_in_block(&self.block, self.found);
+        ledger.settle(tip);
+        Ok(Decision::new(
+            ledger.into_events(),
+            (Outcome::Done, self.rescan_id, self.block.height),
+        ))
+    }
+
+    async fn after_append(
+        outcome: &mut Self::Outcome,
+        conn: &mut PgConnection,
+        _appended: &[StoredEvent],
+    ) -> Result<(), RecordError> {
+        let (outcome, id, height) = *outcome;
+        if outcome == Outcome::Done {
+            sqlx::query!(
+                "UPDATE rescans SET next_height = $2, updated_at = now() WHERE rescan_id = $1",
+                id,
+                height as i32 + 1
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -273,8 +329,8 @@ async fn fetch(node: &Node, height: u32) -> anyhow::Result<(BlockRef, Block)> {
     Ok((
         BlockRef {
             height,
-            hash: hash.to_string(),
-            prev_hash: block.header.prev_blockhash.to_string(),
+            hash,
+            prev_hash: block.header.prev_blockhash,
             time: block.header.time,
         },
         block,
@@ -289,11 +345,10 @@ fn scan(block: &Block, job: &Job) -> Vec<FoundOutput> {
             if out.script_pubkey == job.script {
                 let txid = *txid.get_or_insert_with(|| t.compute_txid());
                 found.push(FoundOutput {
-                    txid: txid.to_string(),
-                    vout: vout as u32,
+                    outpoint: OutPoint::new(txid, vout as u32),
                     value: Sats::from(out.value),
                     watch: job.watch.clone(),
-                    inputs: super::watches::inputs_of(t),
+                    inputs: inputs_of(t),
                 });
             }
         }

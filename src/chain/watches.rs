@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 
-use bitcoin::{ScriptBuf, Transaction, Txid};
+use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
 use futures::TryStreamExt;
 use sqlx::PgConnection;
 
 use crate::domain::ledger::{FoundOutput, Watch};
+use crate::domain::tracked::inputs_of;
 use crate::domain::Sats;
 
 #[derive(Default)]
@@ -66,8 +67,7 @@ impl Watches {
             if let Some(watch) = self.scripts.get(out.script_pubkey.as_script()) {
                 let txid = *txid.get_or_insert_with(|| tx.compute_txid());
                 found.push(FoundOutput {
-                    txid: txid.to_string(),
-                    vout: vout as u32,
+                    outpoint: OutPoint::new(txid, vout as u32),
                     value: Sats::from(out.value),
                     watch: watch.clone(),
                     inputs: inputs_of(tx),
@@ -75,15 +75,4 @@ impl Watches {
             }
         }
     }
-}
-
-/// The outpoints `tx` spends, as `txid:vout` (none for a coinbase).
-pub fn inputs_of(tx: &Transaction) -> Vec<String> {
-    if tx.is_coinbase() {
-        return Vec::new();
-    }
-    tx.input
-        .iter()
-        .map(|i| format!("{}:{}", i.previous_output.txid, i.previous_output.vout))
-        .collect()
 }

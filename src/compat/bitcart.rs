@@ -26,20 +26,21 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::domain::events;
-use crate::store::StoredEvent;
+use crate::domain::events::{Event, EventType};
+use crate::domain::stream::{EventAt, Position};
+use crate::domain::tracked::Deposit;
 
 /// The log's event types that yield updates: what the endpoint reads.
-pub const SOURCE_TYPES: &[&str] = &[
-    events::BLOCK_CONNECTED,
-    events::DEPOSIT_SEEN,
-    events::DEPOSIT_CONFIRMED,
-    events::DEPOSIT_CREDITED,
-    events::DEPOSIT_CREDIT_REVERSED,
-    events::DEPOSIT_DROPPED,
-    events::DEPOSIT_REPLACED,
-    events::WITHDRAWAL_BROADCAST,
-    events::WITHDRAWAL_CONFIRMED,
+pub const SOURCE_TYPES: &[EventType] = &[
+    EventType::BlockConnected,
+    EventType::DepositSeen,
+    EventType::DepositConfirmed,
+    EventType::DepositCredited,
+    EventType::DepositCreditReversed,
+    EventType::DepositDropped,
+    EventType::DepositReplaced,
+    EventType::WithdrawalBroadcast,
+    EventType::WithdrawalConfirmed,
 ];
 
 /// Electrum's payment request statuses (`electrum.invoices`), as the daemon reports them.
@@ -47,42 +48,66 @@ const UNPAID: (u8, &str) = (0, "Unpaid");
 const PAID: (u8, &str) = (3, "Paid");
 const UNCONFIRMED: (u8, &str) = (7, "Unconfirmed");
 
+fn payment(d: &Deposit, (status, status_str): (u8, &str)) -> Value {
+    json!({
+        "event": "new_payment",
+        "address": d.address,
+        "status": status,
+        "status_str": status_str,
+        "tx_hashes": [d.txid],
+        "sent_amount": d.amount,
+    })
+}
+
+fn verified(txid: bitcoin::Txid, height: Option<u32>) -> Value {
+    json!({"event": "verified_tx", "tx": txid, "height": height})
+}
+
+/// Whether a confirmation event is a transaction's first: one confirmation (mined after
+/// it was seen, also again after a reorg), or the event right after `seen` (first seen
+/// deeper in a block).
+fn first_confirmation(confirmations: u32, stream_version: i32) -> bool {
+    confirmations == 1 || stream_version == 1
+}
+
 /// The updates one event yields, in order (none for most).
-pub fn updates_of(kind: &str, stream_version: i32, data: &Value) -> Vec<Value> {
-    let tx = || data["txid"].clone();
-    let first_confirmation = || data["confirmations"].as_u64() == Some(1) || stream_version == 1;
-    let verified = || json!({"event": "verified_tx", "tx": tx(), "height": data["block_height"]});
-    let payment = |(status, status_str): (u8, &str)| {
-        json!({
-            "event": "new_payment",
-            "address": data["address"],
-            "status": status,
-            "status_str": status_str,
-            "tx_hashes": [tx()],
-            "sent_amount": data["amount"],
-        })
-    };
-    match kind {
-        events::BLOCK_CONNECTED => vec![json!({"event": "new_block", "height": data["height"]})],
-        events::DEPOSIT_SEEN => vec![
-            json!({"event": "new_transaction", "tx": tx()}),
-            payment(UNCONFIRMED),
+pub fn updates_of(event: &Event, stream_version: i32) -> Vec<Value> {
+    match event {
+        Event::BlockConnected(b) => vec![json!({"event": "new_block", "height": b.height})],
+        Event::DepositSeen(d) => vec![
+            json!({"event": "new_transaction", "tx": d.txid}),
+            payment(d, UNCONFIRMED),
         ],
-        events::WITHDRAWAL_BROADCAST => vec![json!({"event": "new_transaction", "tx": tx()})],
-        events::DEPOSIT_CONFIRMED | events::WITHDRAWAL_CONFIRMED if first_confirmation() => {
-            vec![verified()]
+        Event::WithdrawalBroadcast(w) => vec![json!({"event": "new_transaction", "tx": w.txid})],
+        Event::DepositConfirmed(d) if first_confirmation(d.confirmations, stream_version) => {
+            vec![verified(d.txid, d.block_height)]
         }
-        events::DEPOSIT_CREDITED => vec![payment(PAID)],
-        events::DEPOSIT_CREDIT_REVERSED => vec![payment(UNCONFIRMED)],
-        events::DEPOSIT_DROPPED | events::DEPOSIT_REPLACED => vec![payment(UNPAID)],
-        _ => Vec::new(),
+        Event::WithdrawalConfirmed(w) if first_confirmation(w.confirmations, stream_version) => {
+            vec![verified(w.txid, w.block_height)]
+        }
+        Event::DepositCredited(d) => vec![payment(d, PAID)],
+        Event::DepositCreditReversed(d) => vec![payment(d, UNCONFIRMED)],
+        Event::DepositDropped(d) => vec![payment(d, UNPAID)],
+        Event::DepositReplaced(r) => vec![payment(&r.state, UNPAID)],
+        Event::DepositConfirmed(_)
+        | Event::WithdrawalConfirmed(_)
+        | Event::AccountCreated(_)
+        | Event::AddressWatched(_)
+        | Event::AddressHandedOut(_)
+        | Event::BlockDisconnected(_)
+        | Event::DepositFinal(_)
+        | Event::DepositReorged(_)
+        | Event::WithdrawalFinal(_)
+        | Event::WithdrawalReorged(_)
+        | Event::WithdrawalDropped(_)
+        | Event::WithdrawalReplaced(_) => Vec::new(),
     }
 }
 
 /// An update and where it came from: the event's position and account (None: global).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {
-    pub position: i64,
+    pub position: Position,
     pub account: Option<Uuid>,
     pub body: Value,
 }
@@ -93,7 +118,7 @@ pub struct Page {
     pub updates: Vec<Update>,
     /// The last event all of whose updates are in: where the reader's cursor may move.
     /// `None` when no event was given.
-    pub through: Option<i64>,
+    pub through: Option<Position>,
     /// Every given event fitted (the cap did not cut the run short).
     pub complete: bool,
 }
@@ -103,15 +128,13 @@ pub struct Page {
 /// separate deposits, so `new_transaction` and `verified_tx` are sent once per account and
 /// transaction within a page; a transaction whose outputs straddle two pages can be
 /// announced twice.
-pub fn page(events: &[StoredEvent], max: usize) -> Page {
+pub fn page(events: &[EventAt<'_>], max: usize) -> Page {
     let mut updates = Vec::new();
     let mut announced: HashSet<(Option<Uuid>, Value)> = HashSet::new();
     let mut through = None;
     for e in events {
-        let account = e.data["account_id"]
-            .as_str()
-            .and_then(|a| Uuid::parse_str(a).ok());
-        let fresh: Vec<Value> = updates_of(&e.kind, e.stream_version, &e.data)
+        let account = e.event.account();
+        let fresh: Vec<Value> = updates_of(e.event, e.stream_version)
             .into_iter()
             .filter(|u| {
                 u["event"] == "new_payment"
@@ -146,7 +169,7 @@ pub struct Frame {
     pub wallet: Option<String>,
     pub updates: Vec<Value>,
     /// The position of the last event in it: the cursor once it is sent.
-    pub through: i64,
+    pub through: Position,
 }
 
 impl Frame {
@@ -181,30 +204,60 @@ pub fn frames(updates: Vec<Update>, wallet_of: impl Fn(Uuid) -> Option<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::amount::Sats;
+    use crate::domain::events::{AccountCreated, BlockConnected, BlockDisconnected, Replaced};
+    use crate::domain::tracked::{Btc, Source, Status, Withdrawal};
+    use bitcoin::hashes::Hash;
+    use bitcoin::{BlockHash, Txid};
 
     const ACCOUNT: &str = "5b0c1a4e-0000-4000-8000-000000000001";
 
-    fn deposit(confirmations: u64, credited: bool) -> Value {
-        json!({"account_id": ACCOUNT, "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
-               "txid": "ab", "vout": 0, "amount": "1.50000000", "amount_sats": 150_000_000,
-               "confirmations": confirmations, "block_height": (confirmations > 0).then_some(120),
-               "credited": credited})
+    fn txid(b: u8) -> Txid {
+        Txid::from_byte_array([b; 32])
     }
 
-    fn stored(position: i64, kind: &str, version: i32, data: Value) -> StoredEvent {
-        StoredEvent {
-            position,
-            id: Uuid::nil(),
-            kind: kind.to_string(),
-            stream: "s".into(),
-            stream_version: version,
-            recorded_at: chrono::DateTime::UNIX_EPOCH,
-            data,
-            schema_version: 1,
-            metadata: Value::Null,
-            prev_hash: Vec::new(),
-            hash: Vec::new(),
+    fn deposit(confirmations: u32, credited: bool) -> Deposit {
+        Deposit {
+            account_id: ACCOUNT.parse().unwrap(),
+            address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
+            txid: txid(0xab),
+            vout: 0,
+            amount: Btc(Sats(150_000_000)),
+            amount_sats: Sats(150_000_000),
+            confirmations,
+            block_hash: None,
+            block_height: (confirmations > 0).then_some(120),
+            credited,
+            credit_confirmations: 3,
+            status: Status::Confirming,
+            inputs: vec![],
         }
+    }
+
+    fn withdrawal(confirmations: u32) -> Withdrawal {
+        Withdrawal {
+            account_id: ACCOUNT.parse().unwrap(),
+            txid: txid(0xcd),
+            amount: Btc(Sats(1)),
+            amount_sats: Sats(1),
+            fee: None,
+            fee_sats: None,
+            inputs: vec![],
+            confirmations,
+            block_hash: None,
+            block_height: (confirmations > 0).then_some(131),
+            status: Status::Confirming,
+            source: Source::Api,
+        }
+    }
+
+    fn block(height: u32) -> Event {
+        Event::BlockConnected(BlockConnected {
+            height,
+            hash: BlockHash::all_zeros(),
+            prev_hash: BlockHash::all_zeros(),
+            time: 1,
+        })
     }
 
     fn names(updates: &[Value]) -> Vec<&str> {
@@ -216,22 +269,23 @@ mod tests {
 
     #[test]
     fn a_deposit_seen_in_the_mempool_then_mined_then_credited() {
-        let seen = updates_of(events::DEPOSIT_SEEN, 0, &deposit(0, false));
+        let tx = "ab".repeat(32);
+        let seen = updates_of(&Event::DepositSeen(deposit(0, false)), 0);
         assert_eq!(names(&seen), ["new_transaction", "new_payment"]);
-        assert_eq!(seen[0], json!({"event": "new_transaction", "tx": "ab"}));
+        assert_eq!(seen[0], json!({"event": "new_transaction", "tx": tx}));
         assert_eq!(
             seen[1],
             json!({"event": "new_payment", "address": "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn",
-                   "status": 7, "status_str": "Unconfirmed", "tx_hashes": ["ab"],
+                   "status": 7, "status_str": "Unconfirmed", "tx_hashes": [tx],
                    "sent_amount": "1.50000000"})
         );
-        let mined = updates_of(events::DEPOSIT_CONFIRMED, 1, &deposit(1, false));
+        let mined = updates_of(&Event::DepositConfirmed(deposit(1, false)), 1);
         assert_eq!(
             mined,
-            [json!({"event": "verified_tx", "tx": "ab", "height": 120})]
+            [json!({"event": "verified_tx", "tx": tx, "height": 120})]
         );
-        assert!(updates_of(events::DEPOSIT_CONFIRMED, 2, &deposit(2, false)).is_empty());
-        let credited = updates_of(events::DEPOSIT_CREDITED, 4, &deposit(3, true));
+        assert!(updates_of(&Event::DepositConfirmed(deposit(2, false)), 2).is_empty());
+        let credited = updates_of(&Event::DepositCredited(deposit(3, true)), 4);
         assert_eq!(
             (
                 credited[0]["status"].clone(),
@@ -239,95 +293,105 @@ mod tests {
             ),
             (json!(3), json!("Paid"))
         );
-        assert!(updates_of(events::DEPOSIT_FINAL, 9, &deposit(6, true)).is_empty());
+        assert!(updates_of(&Event::DepositFinal(deposit(6, true)), 9).is_empty());
     }
 
     #[test]
     fn a_deposit_first_seen_deep_in_a_block_is_verified_by_the_event_after_seen() {
         assert_eq!(
-            names(&updates_of(
-                events::DEPOSIT_CONFIRMED,
-                1,
-                &deposit(5, false)
-            )),
+            names(&updates_of(&Event::DepositConfirmed(deposit(5, false)), 1)),
             ["verified_tx"]
         );
         // After a reorg the deposit is mined again: verified again at one confirmation.
         assert_eq!(
-            names(&updates_of(
-                events::DEPOSIT_CONFIRMED,
-                7,
-                &deposit(1, false)
-            )),
+            names(&updates_of(&Event::DepositConfirmed(deposit(1, false)), 7)),
             ["verified_tx"]
         );
     }
 
     #[test]
     fn reversals_and_disappearances_change_the_payment_status() {
-        let reversed = updates_of(events::DEPOSIT_CREDIT_REVERSED, 5, &deposit(0, false));
+        let reversed = updates_of(&Event::DepositCreditReversed(deposit(0, false)), 5);
         assert_eq!(reversed[0]["status"], 7);
-        for kind in [events::DEPOSIT_DROPPED, events::DEPOSIT_REPLACED] {
-            let gone = updates_of(kind, 1, &deposit(0, false));
+        let replaced = Event::DepositReplaced(Replaced {
+            state: deposit(0, false),
+            replaced_by: txid(9),
+        });
+        for gone in [Event::DepositDropped(deposit(0, false)), replaced] {
+            let gone = updates_of(&gone, 1);
             assert_eq!(
                 (gone[0]["status"].clone(), gone[0]["status_str"].clone()),
                 (json!(0), json!("Unpaid"))
             );
         }
-        assert!(updates_of(events::DEPOSIT_REORGED, 3, &deposit(0, false)).is_empty());
+        let reorged = Event::DepositReorged(crate::domain::events::Reorged {
+            state: deposit(0, false),
+            orphaned_block_hash: BlockHash::all_zeros(),
+        });
+        assert!(updates_of(&reorged, 3).is_empty());
     }
 
     #[test]
     fn blocks_and_withdrawals_map_and_other_events_yield_nothing() {
-        let block = json!({"height": 130, "hash": "h", "prev_hash": "p", "time": 1});
         assert_eq!(
-            updates_of(events::BLOCK_CONNECTED, 29, &block),
+            updates_of(&block(130), 29),
             [json!({"event": "new_block", "height": 130})]
         );
-        let w =
-            json!({"account_id": ACCOUNT, "txid": "cd", "confirmations": 0, "block_height": null});
+        let tx = "cd".repeat(32);
         assert_eq!(
-            updates_of(events::WITHDRAWAL_BROADCAST, 0, &w),
-            [json!({"event": "new_transaction", "tx": "cd"})]
+            updates_of(&Event::WithdrawalBroadcast(withdrawal(0)), 0),
+            [json!({"event": "new_transaction", "tx": tx})]
         );
-        let w1 =
-            json!({"account_id": ACCOUNT, "txid": "cd", "confirmations": 1, "block_height": 131});
         assert_eq!(
-            names(&updates_of(events::WITHDRAWAL_CONFIRMED, 1, &w1)),
+            names(&updates_of(&Event::WithdrawalConfirmed(withdrawal(1)), 1)),
             ["verified_tx"]
         );
-        for kind in [
-            events::ACCOUNT_CREATED,
-            events::ADDRESS_WATCHED,
-            events::BLOCK_DISCONNECTED,
-        ] {
-            assert!(updates_of(kind, 0, &json!({})).is_empty(), "{kind}");
-        }
-        for kind in SOURCE_TYPES {
-            assert!(events::ALL_TYPES.contains(kind));
+        let created = Event::AccountCreated(AccountCreated {
+            account_id: ACCOUNT.parse().unwrap(),
+            label: "a".into(),
+            credit_confirmations: 3,
+            descriptor: None,
+            lookahead: None,
+        });
+        let disconnected = Event::BlockDisconnected(BlockDisconnected {
+            height: 1,
+            hash: BlockHash::all_zeros(),
+        });
+        for e in [created, disconnected] {
+            assert!(updates_of(&e, 0).is_empty(), "{e:?}");
         }
     }
 
     #[test]
     fn a_page_announces_a_transaction_once_per_account_and_never_splits_an_event() {
         let mut second_output = deposit(0, false);
-        second_output["vout"] = json!(1);
-        let evs = [
-            stored(10, events::BLOCK_CONNECTED, 3, json!({"height": 120})),
-            stored(11, events::DEPOSIT_SEEN, 0, deposit(0, false)),
-            stored(12, events::DEPOSIT_SEEN, 0, second_output),
-            stored(
-                13,
-                events::ACCOUNT_CREATED,
-                0,
-                json!({"account_id": ACCOUNT}),
-            ),
+        second_output.vout = 1;
+        let created = Event::AccountCreated(AccountCreated {
+            account_id: ACCOUNT.parse().unwrap(),
+            label: "a".into(),
+            credit_confirmations: 3,
+            descriptor: None,
+            lookahead: None,
+        });
+        let events = [
+            (10, 3, block(120)),
+            (11, 0, Event::DepositSeen(deposit(0, false))),
+            (12, 0, Event::DepositSeen(second_output)),
+            (13, 0, created),
         ];
+        let evs: Vec<EventAt<'_>> = events
+            .iter()
+            .map(|(p, v, e)| EventAt {
+                position: Position(*p),
+                stream_version: *v,
+                event: e,
+            })
+            .collect();
         let p = page(&evs, 100);
         let got: Vec<(i64, &str)> = p
             .updates
             .iter()
-            .map(|u| (u.position, u.body["event"].as_str().unwrap()))
+            .map(|u| (u.position.0, u.body["event"].as_str().unwrap()))
             .collect();
         assert_eq!(
             got,
@@ -338,7 +402,7 @@ mod tests {
                 (12, "new_payment")
             ]
         );
-        assert_eq!((p.through, p.complete), (Some(13), true));
+        assert_eq!((p.through, p.complete), (Some(Position(13)), true));
         assert_eq!(p.updates[0].account, None);
         assert_eq!(
             p.updates[1].account,
@@ -349,7 +413,7 @@ mod tests {
         let capped = page(&evs, 2);
         assert_eq!(
             (capped.updates.len(), capped.through, capped.complete),
-            (1, Some(10), false)
+            (1, Some(Position(10)), false)
         );
         assert_eq!(
             page(&[], 5),
@@ -366,7 +430,7 @@ mod tests {
         let a = Uuid::from_u128(1);
         let b = Uuid::from_u128(2);
         let u = |position, account| Update {
-            position,
+            position: Position(position),
             account,
             body: json!({"event": "x"}),
         };
@@ -383,7 +447,7 @@ mod tests {
         );
         let shape: Vec<(Option<&str>, usize, i64)> = got
             .iter()
-            .map(|f| (f.wallet.as_deref(), f.updates.len(), f.through))
+            .map(|f| (f.wallet.as_deref(), f.updates.len(), f.through.0))
             .collect();
         // b has no xpub: its updates go out with no wallet, like the global ones.
         assert_eq!(shape, [(None, 1, 1), (Some("tpubA"), 2, 2), (None, 2, 4)]);

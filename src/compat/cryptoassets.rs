@@ -15,25 +15,22 @@
 //! deposit's `txid:vout` (a withdrawal's txid), `network_transaction` the txid, `account`
 //! the account's UUID; all stable across replays.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::events::{
-    DEPOSIT_CONFIRMED, DEPOSIT_REORGED, DEPOSIT_SEEN, WITHDRAWAL_BROADCAST, WITHDRAWAL_CONFIRMED,
-    WITHDRAWAL_REORGED,
-};
+use crate::domain::events::{Event, EventType};
+use crate::domain::tracked::{Deposit, Withdrawal};
 
 pub const EVENT_NAME: &str = "txupdate";
 
 /// The event types that become a `txupdate`.
-pub const TYPES: &[&str] = &[
-    DEPOSIT_SEEN,
-    DEPOSIT_CONFIRMED,
-    DEPOSIT_REORGED,
-    WITHDRAWAL_BROADCAST,
-    WITHDRAWAL_CONFIRMED,
-    WITHDRAWAL_REORGED,
+pub const TYPES: &[EventType] = &[
+    EventType::DepositSeen,
+    EventType::DepositConfirmed,
+    EventType::DepositReorged,
+    EventType::WithdrawalBroadcast,
+    EventType::WithdrawalConfirmed,
+    EventType::WithdrawalReorged,
 ];
 
 /// The `data` of a txupdate.
@@ -56,48 +53,69 @@ pub struct TxUpdate {
     pub coin_name: &'static str,
 }
 
-/// The fields of deposit and withdrawal event data a txupdate needs.
-#[derive(Deserialize)]
-struct Fields {
-    account_id: Uuid,
-    txid: String,
-    vout: Option<u32>,
-    address: Option<String>,
-    amount: String,
-    confirmations: u32,
-    credit_confirmations: Option<u32>,
-}
-
 /// The txupdate an event is, or None when it is not a confirmation change (see the
 /// module documentation). `credit_confirmations` is the threshold for withdrawals, whose
 /// events do not carry their account's.
-pub fn txupdate(kind: &str, data: &Value, credit_confirmations: u32) -> Option<TxUpdate> {
-    if !TYPES.contains(&kind) {
-        return None;
+pub fn txupdate(event: &Event, credit_confirmations: u32) -> Option<TxUpdate> {
+    match event {
+        // A deposit first seen in a block: the deposit.confirmed right after it says the same.
+        Event::DepositSeen(d) if d.confirmations > 0 => None,
+        Event::DepositSeen(d) | Event::DepositConfirmed(d) => Some(of_deposit(d)),
+        Event::DepositReorged(r) => Some(of_deposit(&r.state)),
+        Event::WithdrawalBroadcast(w) | Event::WithdrawalConfirmed(w) => {
+            Some(of_withdrawal(w, credit_confirmations))
+        }
+        Event::WithdrawalReorged(r) => Some(of_withdrawal(&r.state, credit_confirmations)),
+        Event::AccountCreated(_)
+        | Event::AddressWatched(_)
+        | Event::AddressHandedOut(_)
+        | Event::BlockConnected(_)
+        | Event::BlockDisconnected(_)
+        | Event::DepositCredited(_)
+        | Event::DepositFinal(_)
+        | Event::DepositCreditReversed(_)
+        | Event::DepositDropped(_)
+        | Event::DepositReplaced(_)
+        | Event::WithdrawalFinal(_)
+        | Event::WithdrawalDropped(_)
+        | Event::WithdrawalReplaced(_) => None,
     }
-    let f = Fields::deserialize(data).ok()?;
-    if kind == DEPOSIT_SEEN && f.confirmations > 0 {
-        return None; // the deposit.confirmed right after it says the same
-    }
-    let deposit = kind.starts_with("deposit.");
-    let threshold = f.credit_confirmations.unwrap_or(credit_confirmations);
-    Some(TxUpdate {
-        transaction: match (deposit, f.vout) {
-            (true, Some(vout)) => format!("{}:{vout}", f.txid),
-            _ => f.txid.clone(),
-        },
-        network_transaction: f.txid.clone(),
-        txid: f.txid,
-        account: f.account_id,
-        address: if deposit { f.address } else { None },
-        amount: f.amount,
+}
+
+fn of_deposit(d: &Deposit) -> TxUpdate {
+    TxUpdate {
+        transaction: d.outpoint().to_string(),
+        network_transaction: d.txid.to_string(),
+        txid: d.txid.to_string(),
+        account: d.account_id,
+        address: Some(d.address.clone()),
+        amount: d.amount.0.to_btc_string(),
         // A deposit's `deposit.confirmed` at the threshold comes before its
         // `deposit.credited`; cryptoassets.core says credited in that same update.
-        credited: f.confirmations >= threshold && f.confirmations > 0,
-        confirmations: f.confirmations,
-        transaction_type: if deposit { "deposit" } else { "broadcast" },
+        credited: credited_at(d.confirmations, d.credit_confirmations),
+        confirmations: d.confirmations,
+        transaction_type: "deposit",
         coin_name: "btc",
-    })
+    }
+}
+
+fn of_withdrawal(w: &Withdrawal, threshold: u32) -> TxUpdate {
+    TxUpdate {
+        transaction: w.txid.to_string(),
+        network_transaction: w.txid.to_string(),
+        txid: w.txid.to_string(),
+        account: w.account_id,
+        address: None,
+        amount: w.amount.0.to_btc_string(),
+        credited: credited_at(w.confirmations, threshold),
+        confirmations: w.confirmations,
+        transaction_type: "broadcast",
+        coin_name: "btc",
+    }
+}
+
+fn credited_at(confirmations: u32, threshold: u32) -> bool {
+    confirmations >= threshold && confirmations > 0
 }
 
 /// The HTTP handler's body: `application/x-www-form-urlencoded` with `event_name`, `data`
@@ -115,18 +133,38 @@ pub fn form(update: &TxUpdate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::domain::amount::Sats;
+    use crate::domain::events::BlockConnected;
+    use crate::domain::tracked::{Btc, Source, Status};
+    use bitcoin::hashes::Hash;
+    use bitcoin::{BlockHash, Txid};
+    use serde_json::Value;
 
-    fn deposit(confirmations: u32) -> Value {
-        json!({"account_id": "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10", "address": "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef",
-               "txid": "ab".repeat(32), "vout": 1, "amount": "1.50000000", "amount_sats": 150_000_000u64,
-               "confirmations": confirmations, "block_hash": null, "block_height": null,
-               "credited": false, "credit_confirmations": 3, "status": "confirming", "inputs": []})
+    fn txid(b: u8) -> Txid {
+        Txid::from_byte_array([b; 32])
+    }
+
+    fn deposit(confirmations: u32) -> Deposit {
+        Deposit {
+            account_id: "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10".parse().unwrap(),
+            address: "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef".into(),
+            txid: txid(0xab),
+            vout: 1,
+            amount: Btc(Sats(150_000_000)),
+            amount_sats: Sats(150_000_000),
+            confirmations,
+            block_hash: None,
+            block_height: None,
+            credited: false,
+            credit_confirmations: 3,
+            status: Status::Confirming,
+            inputs: vec![],
+        }
     }
 
     #[test]
     fn deposit_updates_say_credited_at_the_threshold() {
-        let u = txupdate(DEPOSIT_CONFIRMED, &deposit(2), 6).unwrap();
+        let u = txupdate(&Event::DepositConfirmed(deposit(2)), 6).unwrap();
         assert!(!u.credited);
         assert_eq!(u.transaction, format!("{}:1", "ab".repeat(32)));
         assert_eq!(u.network_transaction, "ab".repeat(32));
@@ -134,25 +172,45 @@ mod tests {
         assert_eq!(u.transaction_type, "deposit");
         assert_eq!(u.coin_name, "btc");
         assert!(
-            txupdate(DEPOSIT_CONFIRMED, &deposit(3), 6)
+            txupdate(&Event::DepositConfirmed(deposit(3)), 6)
                 .unwrap()
                 .credited
         );
-        assert!(!txupdate(DEPOSIT_SEEN, &deposit(0), 6).unwrap().credited);
-        assert!(txupdate("deposit.credited", &deposit(3), 6).is_none());
+        assert!(
+            !txupdate(&Event::DepositSeen(deposit(0)), 6)
+                .unwrap()
+                .credited
+        );
+        assert!(txupdate(&Event::DepositCredited(deposit(3)), 6).is_none());
         // First seen in a block: the deposit.confirmed after it is the one update.
-        assert!(txupdate(DEPOSIT_SEEN, &deposit(2), 6).is_none());
-        assert!(txupdate("deposit.final", &deposit(15), 6).is_none());
-        assert!(txupdate("block.connected", &json!({"height": 1}), 6).is_none());
+        assert!(txupdate(&Event::DepositSeen(deposit(2)), 6).is_none());
+        assert!(txupdate(&Event::DepositFinal(deposit(15)), 6).is_none());
+        let block = Event::BlockConnected(BlockConnected {
+            height: 1,
+            hash: BlockHash::all_zeros(),
+            prev_hash: BlockHash::all_zeros(),
+            time: 0,
+        });
+        assert!(txupdate(&block, 6).is_none());
     }
 
     #[test]
     fn withdrawals_are_broadcasts() {
-        let w = json!({"account_id": "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10", "txid": "cd".repeat(32),
-                       "amount": "0.25000000", "amount_sats": 25_000_000u64, "fee": null, "fee_sats": null,
-                       "inputs": [], "confirmations": 2, "block_hash": null, "block_height": null,
-                       "status": "confirming", "source": "api"});
-        let u = txupdate(WITHDRAWAL_CONFIRMED, &w, 2).unwrap();
+        let w = Withdrawal {
+            account_id: "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10".parse().unwrap(),
+            txid: txid(0xcd),
+            amount: Btc(Sats(25_000_000)),
+            amount_sats: Sats(25_000_000),
+            fee: None,
+            fee_sats: None,
+            inputs: vec![],
+            confirmations: 2,
+            block_hash: None,
+            block_height: None,
+            status: Status::Confirming,
+            source: Source::Api,
+        };
+        let u = txupdate(&Event::WithdrawalConfirmed(w), 2).unwrap();
         assert_eq!(u.transaction_type, "broadcast");
         assert_eq!(u.transaction, "cd".repeat(32));
         assert_eq!(u.address, None);
@@ -161,7 +219,7 @@ mod tests {
 
     #[test]
     fn the_form_carries_the_json_twice() {
-        let u = txupdate(DEPOSIT_SEEN, &deposit(0), 3).unwrap();
+        let u = txupdate(&Event::DepositSeen(deposit(0)), 3).unwrap();
         let fields: Vec<(String, String)> = serde_urlencoded::from_str(&form(&u)).unwrap();
         assert_eq!(fields[0], ("event_name".into(), "txupdate".into()));
         assert_eq!(fields[1].0, "data");

@@ -13,46 +13,46 @@
 //! `deposit.dropped`, `deposit.replaced`.
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::amount::Sats;
-use crate::domain::events::{
-    DEPOSIT_CONFIRMED, DEPOSIT_DROPPED, DEPOSIT_FINAL, DEPOSIT_REORGED, DEPOSIT_REPLACED,
-    DEPOSIT_SEEN,
-};
+use crate::domain::events::{Event, EventType};
 
 /// The original's default; subscriptions take 1 up to the finality threshold.
 pub const DEFAULT_MAX_CONFIRMS: u32 = 3;
 
 /// The event types an IPN subscriber reads; [`notifies`] decides among them.
-pub const TYPES: &[&str] = &[
-    DEPOSIT_SEEN,
-    DEPOSIT_CONFIRMED,
-    DEPOSIT_REORGED,
-    DEPOSIT_DROPPED,
-    DEPOSIT_REPLACED,
+pub const TYPES: &[EventType] = &[
+    EventType::DepositSeen,
+    EventType::DepositConfirmed,
+    EventType::DepositReorged,
+    EventType::DepositDropped,
+    EventType::DepositReplaced,
 ];
 
-#[derive(Deserialize)]
-struct Fields {
-    amount_sats: u64,
-    confirmations: u32,
-}
-
-/// Whether this event (type, stream version, data) is notified to a subscriber with this
+/// Whether this event (at this stream version) is notified to a subscriber with this
 /// `max_confirms`.
-pub fn notifies(kind: &str, stream_version: i32, data: &Value, max_confirms: u32) -> bool {
-    let Ok(f) = Fields::deserialize(data) else {
-        return false;
-    };
-    match kind {
-        DEPOSIT_SEEN => f.confirmations == 0,
+pub fn notifies(event: &Event, stream_version: i32, max_confirms: u32) -> bool {
+    match event {
+        Event::DepositSeen(d) => d.confirmations == 0,
         // Version 1 is the first deposit.confirmed when the deposit was first seen in a
         // block (else the one at 1 confirmation, within any max_confirms).
-        DEPOSIT_CONFIRMED => f.confirmations <= max_confirms || stream_version == 1,
-        DEPOSIT_REORGED | DEPOSIT_DROPPED | DEPOSIT_REPLACED => true,
-        _ => false,
+        Event::DepositConfirmed(d) => d.confirmations <= max_confirms || stream_version == 1,
+        Event::DepositReorged(_) | Event::DepositDropped(_) | Event::DepositReplaced(_) => true,
+        Event::AccountCreated(_)
+        | Event::AddressWatched(_)
+        | Event::AddressHandedOut(_)
+        | Event::BlockConnected(_)
+        | Event::BlockDisconnected(_)
+        | Event::DepositCredited(_)
+        | Event::DepositFinal(_)
+        | Event::DepositCreditReversed(_)
+        | Event::WithdrawalBroadcast(_)
+        | Event::WithdrawalConfirmed(_)
+        | Event::WithdrawalFinal(_)
+        | Event::WithdrawalReorged(_)
+        | Event::WithdrawalDropped(_)
+        | Event::WithdrawalReplaced(_) => false,
     }
 }
 
@@ -63,25 +63,20 @@ pub struct Totals {
     pub unconfirmed: Sats,
 }
 
-/// The totals from the latest event of each of the address's deposits (type and data): a
-/// dropped or replaced deposit counts nowhere, a final one as confirmed, the rest by
-/// their confirmations.
-pub fn totals<'a>(
-    latest: impl IntoIterator<Item = (&'a str, &'a Value)>,
-    max_confirms: u32,
-) -> Totals {
+/// The totals from the latest event of each of the address's deposits: a dropped or
+/// replaced deposit counts nowhere, a final one as confirmed, the rest by their
+/// confirmations.
+pub fn totals<'a>(latest: impl IntoIterator<Item = &'a Event>, max_confirms: u32) -> Totals {
     let mut t = Totals::default();
-    for (kind, data) in latest {
-        if kind == DEPOSIT_DROPPED || kind == DEPOSIT_REPLACED {
-            continue;
-        }
-        let Ok(f) = Fields::deserialize(data) else {
+    for event in latest {
+        let Some(d) = event.deposit() else {
             continue;
         };
-        if kind == DEPOSIT_FINAL || f.confirmations >= max_confirms {
-            t.confirmed.0 += f.amount_sats;
-        } else {
-            t.unconfirmed.0 += f.amount_sats;
+        match event {
+            Event::DepositDropped(_) | Event::DepositReplaced(_) => {}
+            Event::DepositFinal(_) => t.confirmed.0 += d.amount_sats.0,
+            _ if d.confirmations >= max_confirms => t.confirmed.0 += d.amount_sats.0,
+            _ => t.unconfirmed.0 += d.amount_sats.0,
         }
     }
     t
@@ -165,47 +160,76 @@ fn shown(v: Option<&Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::tracked::{Btc, Deposit, Status};
+    use bitcoin::hashes::Hash;
     use serde_json::json;
 
-    fn d(sats: u64, confirmations: u32) -> Value {
-        json!({"amount_sats": sats, "confirmations": confirmations})
+    fn d(sats: u64, confirmations: u32) -> Deposit {
+        Deposit {
+            account_id: uuid::Uuid::nil(),
+            address: "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef".into(),
+            txid: bitcoin::Txid::all_zeros(),
+            vout: 0,
+            amount: Btc(Sats(sats)),
+            amount_sats: Sats(sats),
+            confirmations,
+            block_hash: None,
+            block_height: None,
+            credited: false,
+            credit_confirmations: 3,
+            status: Status::Confirming,
+            inputs: vec![],
+        }
+    }
+
+    fn reorged(sats: u64) -> Event {
+        Event::DepositReorged(crate::domain::events::Reorged {
+            state: d(sats, 0),
+            orphaned_block_hash: bitcoin::BlockHash::all_zeros(),
+        })
     }
 
     #[test]
     fn max_confirms_stops_confirmations_beyond_it() {
-        assert!(notifies(DEPOSIT_SEEN, 0, &d(1, 0), 2));
-        assert!(notifies(DEPOSIT_CONFIRMED, 2, &d(1, 2), 2));
-        assert!(!notifies(DEPOSIT_CONFIRMED, 3, &d(1, 3), 2));
-        assert!(notifies(DEPOSIT_REORGED, 4, &d(1, 0), 2));
-        assert!(!notifies("deposit.credited", 3, &d(1, 2), 2));
-        assert!(!notifies("block.connected", 0, &json!({"height": 1}), 2));
+        assert!(notifies(&Event::DepositSeen(d(1, 0)), 0, 2));
+        assert!(notifies(&Event::DepositConfirmed(d(1, 2)), 2, 2));
+        assert!(!notifies(&Event::DepositConfirmed(d(1, 3)), 3, 2));
+        assert!(notifies(&reorged(1), 4, 2));
+        assert!(!notifies(&Event::DepositCredited(d(1, 2)), 3, 2));
     }
 
     #[test]
     fn a_deposit_first_seen_in_a_block_is_notified_once() {
         // seen (v0) and confirmed (v1) at the same count: the confirmed one is notified,
         // even beyond max_confirms (a rescan finding an old deposit).
-        assert!(!notifies(DEPOSIT_SEEN, 0, &d(1, 1), 2));
-        assert!(notifies(DEPOSIT_CONFIRMED, 1, &d(1, 1), 2));
-        assert!(!notifies(DEPOSIT_SEEN, 0, &d(1, 9), 2));
-        assert!(notifies(DEPOSIT_CONFIRMED, 1, &d(1, 9), 2));
-        assert!(!notifies(DEPOSIT_CONFIRMED, 2, &d(1, 10), 2));
+        assert!(!notifies(&Event::DepositSeen(d(1, 1)), 0, 2));
+        assert!(notifies(&Event::DepositConfirmed(d(1, 1)), 1, 2));
+        assert!(!notifies(&Event::DepositSeen(d(1, 9)), 0, 2));
+        assert!(notifies(&Event::DepositConfirmed(d(1, 9)), 1, 2));
+        assert!(!notifies(&Event::DepositConfirmed(d(1, 10)), 2, 2));
     }
 
     #[test]
     fn totals_split_at_max_confirms() {
-        let (a, b, c, e) = (d(100, 0), d(200, 2), d(400, 3), d(800, 1));
         let latest = [
-            (DEPOSIT_SEEN, &a),
-            (DEPOSIT_CONFIRMED, &b),
-            (DEPOSIT_CONFIRMED, &c),
-            (DEPOSIT_DROPPED, &e),
+            Event::DepositSeen(d(100, 0)),
+            Event::DepositConfirmed(d(200, 2)),
+            Event::DepositConfirmed(d(400, 3)),
+            Event::DepositDropped(d(800, 1)),
         ];
-        let t = totals(latest, 3);
+        let t = totals(&latest, 3);
         assert_eq!((t.confirmed.0, t.unconfirmed.0), (400, 300));
-        let fin = d(1000, 15);
-        assert_eq!(totals([(DEPOSIT_FINAL, &fin)], 20).confirmed.0, 1000);
-        let t = totals([(DEPOSIT_SEEN, &a), (DEPOSIT_CONFIRMED, &e)], 1);
+        assert_eq!(
+            totals(&[Event::DepositFinal(d(1000, 15))], 20).confirmed.0,
+            1000
+        );
+        let t = totals(
+            &[
+                Event::DepositSeen(d(100, 0)),
+                Event::DepositConfirmed(d(800, 1)),
+            ],
+            1,
+        );
         assert_eq!((t.confirmed.0, t.unconfirmed.0), (800, 100));
     }
 

@@ -12,6 +12,23 @@ use miniscript::ForEachKey;
 pub const DEFAULT_LOOKAHEAD: u32 = 20;
 pub const MAX_LOOKAHEAD: u32 = 1000;
 
+/// Why a descriptor or xpub cannot serve an account, or an index cannot be derived.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DescriptorError(String);
+
+impl From<String> for DescriptorError {
+    fn from(message: String) -> Self {
+        DescriptorError(message)
+    }
+}
+
+impl From<&str> for DescriptorError {
+    fn from(message: &str) -> Self {
+        DescriptorError(message.to_string())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AccountDescriptor {
     desc: Descriptor<DescriptorPublicKey>,
@@ -29,7 +46,7 @@ pub struct Derived {
 impl AccountDescriptor {
     /// A descriptor with exactly one wildcard step, non-hardened, over keys of `network`;
     /// a checksum (`#…`), when present, must be right.
-    pub fn parse(s: &str, network: Network) -> Result<Self, String> {
+    pub fn parse(s: &str, network: Network) -> Result<Self, DescriptorError> {
         let desc = Descriptor::<DescriptorPublicKey>::from_str(s.trim())
             .map_err(|e| format!("not a valid output descriptor: {e}"))?;
         desc.sanity_check()
@@ -63,7 +80,8 @@ impl AccountDescriptor {
             return Err(format!(
                 "the key {}… is not for the {network} network (tpub for test networks, xpub for mainnet)",
                 &key[..12.min(key.len())]
-            ));
+            )
+            .into());
         }
         let this = AccountDescriptor { desc, network };
         this.derive(0)?; // hardened wildcards and address-less scripts fail here
@@ -77,7 +95,7 @@ impl AccountDescriptor {
         template: Option<&str>,
         script_type: Option<&str>,
         network: Network,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DescriptorError> {
         let template = template.unwrap_or("0/*").trim().trim_start_matches("m/");
         if template.is_empty()
             || !template
@@ -86,9 +104,7 @@ impl AccountDescriptor {
             || template.matches('*').count() != 1
             || !template.ends_with('*')
         {
-            return Err(
-                "derivation: a non-hardened path ending in one wildcard, like 0/*".to_string(),
-            );
+            return Err("derivation: a non-hardened path ending in one wildcard, like 0/*".into());
         }
         let key = format!("{}/{template}", xpub.trim());
         let spec = match script_type.unwrap_or("p2pkh") {
@@ -99,7 +115,8 @@ impl AccountDescriptor {
             other => {
                 return Err(format!(
                     "script_type: `{other}` is not one of p2pkh, p2wpkh, p2sh-p2wpkh, p2tr"
-                ))
+                )
+                .into())
             }
         };
         Self::parse(&spec, network)
@@ -123,9 +140,9 @@ impl AccountDescriptor {
         self.desc.to_string()
     }
 
-    pub fn derive(&self, index: u32) -> Result<Derived, String> {
+    pub fn derive(&self, index: u32) -> Result<Derived, DescriptorError> {
         if index >= 1 << 31 {
-            return Err(format!("index {index} is beyond the non-hardened range"));
+            return Err(format!("index {index} is beyond the non-hardened range").into());
         }
         let definite = self
             .desc
@@ -211,7 +228,7 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_derive_addresses_of_this_network() {
-        let err = |r: Result<AccountDescriptor, String>| r.unwrap_err();
+        let err = |r: Result<AccountDescriptor, DescriptorError>| r.unwrap_err().to_string();
         assert!(err(AccountDescriptor::from_xpub(
             PARENT,
             None,

@@ -1,138 +1,264 @@
-//! The event catalogue (v1): type names, the stream naming scheme, the type filter used by
-//! the tail, and [`NewEvent`], what the domain hands the store to append.
+//! The event catalogue (v1): every type an event of the log can have, as one enum
+//! ([`Event`]) whose variants carry the type's data, and [`EventType`], the names alone.
+//! Both come from one table ([`catalogue!`]), so a new type is a compile error wherever
+//! events are matched: the fold, the compatibility mappings, delivery rendering.
+//!
+//! The data of an event is its variant's payload serialised by serde; reading a stored
+//! event back ([`Event::from_data`]) gives the same payload, so appending, hashing and
+//! rebuilding see the very JSON the log has always held.
 
+use bitcoin::{BlockHash, ScriptBuf, Txid};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::tracked::{Deposit, Withdrawal};
+
 pub const SCHEMA_VERSION: i16 = 1;
 
-pub const ACCOUNT_CREATED: &str = "account.created";
-pub const ADDRESS_WATCHED: &str = "address.watched";
-pub const ADDRESS_HANDED_OUT: &str = "address.handed_out";
-pub const BLOCK_CONNECTED: &str = "block.connected";
-pub const BLOCK_DISCONNECTED: &str = "block.disconnected";
-pub const DEPOSIT_SEEN: &str = "deposit.seen";
-pub const DEPOSIT_CONFIRMED: &str = "deposit.confirmed";
-pub const DEPOSIT_CREDITED: &str = "deposit.credited";
-pub const DEPOSIT_FINAL: &str = "deposit.final";
-pub const DEPOSIT_REORGED: &str = "deposit.reorged";
-pub const DEPOSIT_CREDIT_REVERSED: &str = "deposit.credit_reversed";
-pub const DEPOSIT_DROPPED: &str = "deposit.dropped";
-pub const DEPOSIT_REPLACED: &str = "deposit.replaced";
-pub const WITHDRAWAL_BROADCAST: &str = "withdrawal.broadcast";
-pub const WITHDRAWAL_CONFIRMED: &str = "withdrawal.confirmed";
-pub const WITHDRAWAL_FINAL: &str = "withdrawal.final";
-pub const WITHDRAWAL_REORGED: &str = "withdrawal.reorged";
-pub const WITHDRAWAL_DROPPED: &str = "withdrawal.dropped";
-pub const WITHDRAWAL_REPLACED: &str = "withdrawal.replaced";
+/// Declares [`EventType`] and [`Event`] from one list of `Variant(Payload) = "name"`.
+macro_rules! catalogue {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, )*) => {
+        /// An event type of the catalogue, by name (`deposit.confirmed`).
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType {
+            $( $(#[$doc])* $variant, )*
+        }
 
-/// Every type a reader may name in a filter.
-pub const ALL_TYPES: &[&str] = &[
-    ACCOUNT_CREATED,
-    ADDRESS_WATCHED,
-    ADDRESS_HANDED_OUT,
-    BLOCK_CONNECTED,
-    BLOCK_DISCONNECTED,
-    DEPOSIT_SEEN,
-    DEPOSIT_CONFIRMED,
-    DEPOSIT_CREDITED,
-    DEPOSIT_FINAL,
-    DEPOSIT_REORGED,
-    DEPOSIT_CREDIT_REVERSED,
-    DEPOSIT_DROPPED,
-    DEPOSIT_REPLACED,
-    WITHDRAWAL_BROADCAST,
-    WITHDRAWAL_CONFIRMED,
-    WITHDRAWAL_FINAL,
-    WITHDRAWAL_REORGED,
-    WITHDRAWAL_DROPPED,
-    WITHDRAWAL_REPLACED,
-];
+        impl EventType {
+            /// Every type, in catalogue order.
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant,)*];
 
-pub const CHAIN_STREAM: &str = "chain";
-
-pub fn account_stream(id: Uuid) -> String {
-    format!("account-{id}")
-}
-
-pub fn withdrawal_stream(txid: &str) -> String {
-    format!("withdrawal-{txid}")
-}
-
-pub fn deposit_stream(txid: &str, vout: u32) -> String {
-    format!("deposit-{txid}:{vout}")
-}
-
-/// Namespace of the deterministic event ids (UUIDv5 of "<stream>/<version>").
-const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c1e_43c9_5f0b_4b8e_9d2a_2f61_c0de_1ed9);
-
-pub fn event_id(stream: &str, version: i32) -> Uuid {
-    Uuid::new_v5(
-        &EVENT_ID_NAMESPACE,
-        format!("{stream}/{version}").as_bytes(),
-    )
-}
-
-/// An event not yet in the log. `expected_version` is the stream's current last version
-/// (`None`: the stream must not exist yet); the store refuses the append otherwise.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewEvent {
-    pub stream: String,
-    pub expected_version: Option<i32>,
-    pub kind: &'static str,
-    pub data: Value,
-    pub metadata: Value,
-}
-
-impl NewEvent {
-    pub fn stream_version(&self) -> i32 {
-        self.expected_version.map_or(0, |v| v + 1)
-    }
-}
-
-/// A `types=` filter: exact names and `category.*` wildcards, checked against the catalogue.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TypeFilter {
-    exact: Vec<String>,
-    prefixes: Vec<String>,
-}
-
-impl TypeFilter {
-    /// `None` for an absent or empty parameter (everything); an error names the unknown entry.
-    pub fn parse(spec: Option<&str>) -> Result<Option<TypeFilter>, String> {
-        let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
-            return Ok(None);
-        };
-        let mut filter = TypeFilter::default();
-        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if let Some(category) = entry.strip_suffix(".*") {
-                let prefix = format!("{category}.");
-                if !ALL_TYPES.iter().any(|t| t.starts_with(&prefix)) {
-                    return Err(format!("unknown event category `{entry}`"));
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( EventType::$variant => $name, )*
                 }
-                filter.prefixes.push(prefix);
-            } else if ALL_TYPES.contains(&entry) {
-                filter.exact.push(entry.to_string());
-            } else {
-                return Err(format!("unknown event type `{entry}`"));
+            }
+
+            pub fn parse(name: &str) -> Option<EventType> {
+                match name {
+                    $( $name => Some(EventType::$variant), )*
+                    _ => None,
+                }
             }
         }
-        Ok(Some(filter))
+
+        /// An event's type and data.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Event {
+            $( $(#[$doc])* $variant($payload), )*
+        }
+
+        impl Event {
+            pub fn kind(&self) -> EventType {
+                match self {
+                    $( Event::$variant(_) => EventType::$variant, )*
+                }
+            }
+
+            /// The `data` of the event as the log stores it.
+            pub fn to_data(&self) -> Value {
+                let data = match self {
+                    $( Event::$variant(payload) => serde_json::to_value(payload), )*
+                };
+                data.expect("event data serialises")
+            }
+
+            /// The event a stored `(type, data)` pair is.
+            pub fn from_data(kind: EventType, data: &Value) -> Result<Event, serde_json::Error> {
+                Ok(match kind {
+                    $( EventType::$variant => Event::$variant(<$payload>::deserialize(data)?), )*
+                })
+            }
+        }
+    };
+}
+
+catalogue! {
+    AccountCreated(AccountCreated) = "account.created",
+    AddressWatched(AddressWatched) = "address.watched",
+    /// `{"derive": true}` gave the address out (an addition to DESIGN.md's catalogue).
+    AddressHandedOut(AddressHandedOut) = "address.handed_out",
+    BlockConnected(BlockConnected) = "block.connected",
+    /// A reorg removed the block.
+    BlockDisconnected(BlockDisconnected) = "block.disconnected",
+    /// The first event of every deposit: 0 confirmations in the mempool, else its count
+    /// when first seen in a block.
+    DepositSeen(Deposit) = "deposit.seen",
+    /// Every change of confirmations up to finality (a decrease too).
+    DepositConfirmed(Deposit) = "deposit.confirmed",
+    /// The account's credit threshold reached (again after a reversal).
+    DepositCredited(Deposit) = "deposit.credited",
+    /// FINAL_CONFIRMATIONS reached: no longer tracked.
+    DepositFinal(Deposit) = "deposit.final",
+    /// Compensating: its block was disconnected.
+    DepositReorged(Reorged<Deposit>) = "deposit.reorged",
+    /// Compensating: it had been credited and is no longer.
+    DepositCreditReversed(Deposit) = "deposit.credit_reversed",
+    /// Its transaction left the mempool unmined for the grace period.
+    DepositDropped(Deposit) = "deposit.dropped",
+    /// A transaction spending one of its transaction's inputs was mined or accepted.
+    DepositReplaced(Replaced<Deposit>) = "deposit.replaced",
+    /// Broadcast through the API, or seen spending a deposit's output.
+    WithdrawalBroadcast(Withdrawal) = "withdrawal.broadcast",
+    WithdrawalConfirmed(Withdrawal) = "withdrawal.confirmed",
+    WithdrawalFinal(Withdrawal) = "withdrawal.final",
+    WithdrawalReorged(Reorged<Withdrawal>) = "withdrawal.reorged",
+    WithdrawalDropped(Withdrawal) = "withdrawal.dropped",
+    WithdrawalReplaced(Replaced<Withdrawal>) = "withdrawal.replaced",
+}
+
+impl EventType {
+    /// The category of a name (`deposit` of `deposit.seen`), for `deposit.*` filters.
+    pub fn category(self) -> &'static str {
+        self.as_str()
+            .split('.')
+            .next()
+            .expect("names have a category")
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        EventType::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown event type `{name}`")))
+    }
+}
+
+/// Stored as its name (`events.type` is text).
+impl sqlx::Type<sqlx::Postgres> for EventType {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
     }
 
-    pub fn matches(&self, kind: &str) -> bool {
-        self.exact.iter().any(|e| e == kind)
-            || self.prefixes.iter().any(|p| kind.starts_with(p.as_str()))
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for EventType {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        EventType::parse(name).ok_or_else(|| format!("unknown event type `{name}`").into())
+    }
+}
+
+impl Event {
+    /// The account the event concerns; chain events concern none.
+    pub fn account(&self) -> Option<Uuid> {
+        match self {
+            Event::AccountCreated(a) => Some(a.account_id),
+            Event::AddressWatched(a) => Some(a.account_id),
+            Event::AddressHandedOut(a) => Some(a.account_id),
+            Event::BlockConnected(_) | Event::BlockDisconnected(_) => None,
+            other => other
+                .deposit()
+                .map(|d| d.account_id)
+                .or_else(|| other.withdrawal().map(|w| w.account_id)),
+        }
     }
 
-    /// The full list of catalogue types this filter admits, for an `= ANY($1)` query.
-    pub fn expand(&self) -> Vec<String> {
-        ALL_TYPES
-            .iter()
-            .filter(|t| self.matches(t))
-            .map(|t| t.to_string())
-            .collect()
+    /// The deposit's state, for the `deposit.*` types.
+    pub fn deposit(&self) -> Option<&Deposit> {
+        match self {
+            Event::DepositSeen(d)
+            | Event::DepositConfirmed(d)
+            | Event::DepositCredited(d)
+            | Event::DepositFinal(d)
+            | Event::DepositCreditReversed(d)
+            | Event::DepositDropped(d) => Some(d),
+            Event::DepositReorged(r) => Some(&r.state),
+            Event::DepositReplaced(r) => Some(&r.state),
+            _ => None,
+        }
     }
+
+    /// The withdrawal's state, for the `withdrawal.*` types.
+    pub fn withdrawal(&self) -> Option<&Withdrawal> {
+        match self {
+            Event::WithdrawalBroadcast(w)
+            | Event::WithdrawalConfirmed(w)
+            | Event::WithdrawalFinal(w)
+            | Event::WithdrawalDropped(w) => Some(w),
+            Event::WithdrawalReorged(r) => Some(&r.state),
+            Event::WithdrawalReplaced(r) => Some(&r.state),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCreated {
+    pub account_id: Uuid,
+    pub label: String,
+    pub credit_confirmations: u32,
+    /// A derived account's canonical descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor: Option<String>,
+    /// A derived account's look-ahead window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookahead: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressWatched {
+    pub account_id: Uuid,
+    pub address: String,
+    /// Hex in the event's data.
+    pub script_pubkey: ScriptBuf,
+    /// The derivation index, for a derived account's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressHandedOut {
+    pub account_id: Uuid,
+    pub address: String,
+    pub index: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockConnected {
+    pub height: u32,
+    pub hash: BlockHash,
+    pub prev_hash: BlockHash,
+    pub time: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDisconnected {
+    pub height: u32,
+    pub hash: BlockHash,
+}
+
+/// A tracked transaction's state after its block left the chain, and which block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reorged<T> {
+    #[serde(flatten)]
+    pub state: T,
+    pub orphaned_block_hash: BlockHash,
+}
+
+/// A tracked transaction's state once another spending the same input replaced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced<T> {
+    #[serde(flatten)]
+    pub state: T,
+    pub replaced_by: Txid,
 }
 
 #[cfg(test)]
@@ -140,26 +266,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_ids_are_deterministic_per_stream_version() {
-        assert_eq!(event_id("chain", 3), event_id("chain", 3));
-        assert_ne!(event_id("chain", 3), event_id("chain", 4));
-        assert_ne!(event_id("chain", 3), event_id("deposit-ab:0", 3));
+    fn every_type_has_a_unique_name_that_parses_back() {
+        let mut names: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(*t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 19);
+        assert_eq!(EventType::DepositCreditReversed.category(), "deposit");
+        assert_eq!(EventType::parse("deposit.confirmd"), None);
     }
 
     #[test]
-    fn type_filter_expands_wildcards_and_names_unknown_types() {
-        let f = TypeFilter::parse(Some("deposit.*, block.connected"))
-            .unwrap()
-            .unwrap();
-        assert!(f.matches("deposit.credit_reversed"));
-        assert!(f.matches("block.connected"));
-        assert!(!f.matches("block.disconnected"));
-        assert_eq!(f.expand().len(), 9);
+    fn optional_fields_are_absent_not_null() {
+        let plain = Event::AccountCreated(AccountCreated {
+            account_id: Uuid::nil(),
+            label: "alice".into(),
+            credit_confirmations: 3,
+            descriptor: None,
+            lookahead: None,
+        });
+        let data = plain.to_data();
         assert_eq!(
-            TypeFilter::parse(Some("deposit.confirmd")).unwrap_err(),
-            "unknown event type `deposit.confirmd`"
+            data,
+            serde_json::json!({"account_id": Uuid::nil(), "label": "alice", "credit_confirmations": 3})
         );
-        assert!(TypeFilter::parse(Some("nope.*")).is_err());
-        assert_eq!(TypeFilter::parse(Some("")).unwrap(), None);
+        assert_eq!(
+            Event::from_data(EventType::AccountCreated, &data).unwrap(),
+            plain
+        );
+        let wrong = Event::from_data(EventType::BlockConnected, &data);
+        assert!(wrong.is_err(), "{wrong:?}");
     }
 }

@@ -1,114 +1,31 @@
-//! The ledger's decisions: given the stored state of the deposits an observation touches
-//! and what was observed (blocks disconnected, blocks connected, transactions in the
-//! mempool), which events follow. Pure and synchronous: the follower loads the state,
-//! feeds the observation in, and appends what [`Ledger::into_events`] returns.
+//! The ledger's decisions: given the stored state of what an observation touches (the
+//! chain stream's version, the tracked deposits and withdrawals) and what was observed
+//! (blocks disconnected, blocks connected, transactions in the mempool, a withdrawal
+//! broadcast), which events follow. Pure and synchronous: the unit of work loads the
+//! state, the caller feeds the observation in, and the unit of work appends what
+//! [`Ledger::into_events`] returns.
+//!
+//! Deposits and withdrawals are one state machine ([`TrackedTx`]): placed in a block,
+//! confirmed each block up to finality, reorged out, replaced by a conflicting spend,
+//! dropped from the mempool. Only deposits have a credit threshold.
 //!
 //! One observation is one database transaction: a connected block, or a whole reorg
 //! (the disconnected blocks and the new branch's first blocks). Confirmations are
 //! settled once, at the end of the observation, against the tip it leaves, so a reorg
 //! onto a longer branch never flaps the confirmations of deposits below the fork.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use bitcoin::hashes::Hash;
+use bitcoin::{BlockHash, OutPoint, Txid};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::amount::Sats;
-use super::events::{self, NewEvent};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DepositStatus {
-    Mempool,
-    Confirming,
-    Credited,
-    Final,
-    Reorged,
-    Dropped,
-    Replaced,
-}
-
-impl DepositStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DepositStatus::Mempool => "mempool",
-            DepositStatus::Confirming => "confirming",
-            DepositStatus::Credited => "credited",
-            DepositStatus::Final => "final",
-            DepositStatus::Reorged => "reorged",
-            DepositStatus::Dropped => "dropped",
-            DepositStatus::Replaced => "replaced",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(Value::String(s.to_string())).ok()
-    }
-
-    /// In the mempool, or put back there by a reorg: replaceable, droppable.
-    pub fn is_unconfirmed(self) -> bool {
-        matches!(self, DepositStatus::Mempool | DepositStatus::Reorged)
-    }
-
-    /// Statuses the follower keeps re-evaluating every block.
-    pub const OPEN: [&'static str; 4] = ["mempool", "confirming", "credited", "reorged"];
-}
-
-/// The state every deposit event carries (DESIGN.md: "Every deposit event carries").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deposit {
-    pub account_id: Uuid,
-    pub address: String,
-    pub txid: String,
-    pub vout: u32,
-    pub amount: String,
-    pub amount_sats: u64,
-    pub confirmations: u32,
-    pub block_hash: Option<String>,
-    pub block_height: Option<u32>,
-    pub credited: bool,
-    pub credit_confirmations: u32,
-    pub status: DepositStatus,
-    /// The outpoints (`txid:vout`) its transaction spends: a transaction spending any of
-    /// them instead replaces it.
-    #[serde(default)]
-    pub inputs: Vec<String>,
-}
-
-/// An outgoing transaction of an account (DESIGN.md: withdrawals), tracked like a deposit.
-/// `amount` is what leaves the account: its outputs spent minus what comes back to its
-/// addresses, so the fee is included; `fee` is shown when every input is known.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Withdrawal {
-    pub account_id: Uuid,
-    pub txid: String,
-    pub amount: String,
-    pub amount_sats: u64,
-    pub fee: Option<String>,
-    pub fee_sats: Option<u64>,
-    pub inputs: Vec<String>,
-    pub confirmations: u32,
-    pub block_hash: Option<String>,
-    pub block_height: Option<u32>,
-    /// mempool, confirming, final, reorged, dropped or replaced.
-    pub status: DepositStatus,
-    /// `api` (POST /v1/withdrawals).
-    pub source: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct TrackedWithdrawal {
-    pub withdrawal: Withdrawal,
-    pub version: i32,
-}
-
-/// A deposit as stored, with the last version of its stream (-1: no event yet).
-#[derive(Clone, Debug)]
-pub struct Tracked {
-    pub deposit: Deposit,
-    pub version: i32,
-}
+use super::events::{BlockConnected, BlockDisconnected, Event, Reorged, Replaced};
+use super::stream::{NewEvent, StreamName};
+use super::tracked::{Btc, Deposit, Status, Withdrawal};
 
 /// Whom a watched script belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,215 +38,164 @@ pub struct Watch {
 /// An output paying a watched script.
 #[derive(Clone, Debug)]
 pub struct FoundOutput {
-    pub txid: String,
-    pub vout: u32,
+    pub outpoint: OutPoint,
     pub value: Sats,
     pub watch: Watch,
-    /// The outpoints the transaction spends (`txid:vout`).
-    pub inputs: Vec<String>,
+    /// The outpoints the transaction spends.
+    pub inputs: Vec<OutPoint>,
 }
 
 /// A block as the chain stream records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct BlockRef {
     pub height: u32,
-    pub hash: String,
-    pub prev_hash: String,
+    pub hash: BlockHash,
+    pub prev_hash: BlockHash,
     pub time: u32,
 }
 
-type Key = (String, u32);
+/// What an observation starts from, as stored: the chain stream's last version and every
+/// tracked transaction the observation may touch.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerState {
+    pub chain_version: Option<i32>,
+    pub tracked: Vec<Tracked>,
+}
 
 pub struct Ledger {
     final_confirmations: u32,
     chain_version: Option<i32>,
-    deposits: BTreeMap<Key, Tracked>,
+    tracked: BTreeMap<Key, Tracked>,
     /// Deposits first observed in this observation's blocks: they get `deposit.seen`.
     fresh: BTreeSet<Key>,
-    withdrawals: BTreeMap<String, TrackedWithdrawal>,
     metadata: Value,
     events: Vec<NewEvent>,
 }
 
 impl Ledger {
-    /// `chain_version` is the chain stream's last version; `loaded` every stored deposit the
-    /// observation may touch (the open ones, those in disconnected blocks, those found).
-    pub fn new(
-        final_confirmations: u32,
-        chain_version: Option<i32>,
-        loaded: Vec<Tracked>,
-        metadata: Value,
-    ) -> Self {
-        let deposits = loaded
-            .into_iter()
-            .map(|t| ((t.deposit.txid.clone(), t.deposit.vout), t))
-            .collect();
+    pub fn new(final_confirmations: u32, state: LedgerState, metadata: Value) -> Self {
+        let tracked = state.tracked.into_iter().map(|t| (t.tx.key(), t)).collect();
         Ledger {
             final_confirmations,
-            chain_version,
-            deposits,
+            chain_version: state.chain_version,
+            tracked,
             fresh: BTreeSet::new(),
-            withdrawals: BTreeMap::new(),
             metadata,
             events: Vec::new(),
         }
     }
 
-    /// The stored withdrawals the observation may touch (open ones, those in disconnected
-    /// blocks).
-    pub fn with_withdrawals(mut self, loaded: Vec<TrackedWithdrawal>) -> Self {
-        self.withdrawals = loaded
-            .into_iter()
-            .map(|t| (t.withdrawal.txid.clone(), t))
-            .collect();
-        self
+    /// Whether the observation knows this deposit or withdrawal (it was loaded, or
+    /// found now).
+    pub fn is_tracked(&self, key: &Key) -> bool {
+        self.tracked.contains_key(key)
     }
 
-    fn emit_withdrawal(&mut self, txid: &str, kind: &'static str, extra: Option<(&str, Value)>) {
-        let t = self
-            .withdrawals
-            .get_mut(txid)
-            .expect("emit for a loaded withdrawal");
-        let stream = events::withdrawal_stream(&t.withdrawal.txid);
-        let e = state_event(
-            &t.withdrawal,
-            stream,
-            &mut t.version,
-            kind,
-            extra,
-            &self.metadata,
-        );
-        self.events.push(e);
-    }
-
-    /// A withdrawal broadcast through the API: `withdrawal.broadcast`.
-    pub fn broadcast(&mut self, w: Withdrawal) {
-        let txid = w.txid.clone();
-        self.withdrawals.insert(
-            txid.clone(),
-            TrackedWithdrawal {
-                withdrawal: w,
-                version: -1,
-            },
-        );
-        self.emit_withdrawal(&txid, events::WITHDRAWAL_BROADCAST, None);
-    }
-
-    fn push_chain(&mut self, kind: &'static str, data: Value) {
+    /// Records `phase` of a tracked transaction as an event at its stream's next version.
+    fn emit(&mut self, key: &Key, phase: Phase) {
+        let t = self.tracked.get_mut(key).expect("emit for a tracked key");
+        let stream = match key {
+            Key::Deposit(outpoint) => StreamName::deposit(*outpoint),
+            Key::Withdrawal(txid) => StreamName::withdrawal(*txid),
+        };
+        let expected_version = (t.version >= 0).then_some(t.version);
+        t.version += 1;
         self.events.push(NewEvent {
-            stream: events::CHAIN_STREAM.to_string(),
+            stream,
+            expected_version,
+            event: t.tx.event(phase),
+            metadata: self.metadata.clone(),
+        });
+    }
+
+    /// Changes a tracked transaction, then records its new state as `phase`.
+    fn step(&mut self, key: &Key, phase: Phase, change: impl FnOnce(&mut TrackedTx)) {
+        change(&mut self.tracked.get_mut(key).expect("a tracked key").tx);
+        self.emit(key, phase);
+    }
+
+    fn track(&mut self, tx: TrackedTx) -> Key {
+        let key = tx.key();
+        self.tracked.insert(key, Tracked { tx, version: -1 });
+        key
+    }
+
+    fn push_chain(&mut self, event: Event) {
+        self.events.push(NewEvent {
+            stream: StreamName::chain(),
             expected_version: self.chain_version,
-            kind,
-            data,
+            event,
             metadata: self.metadata.clone(),
         });
         self.chain_version = Some(self.chain_version.map_or(0, |v| v + 1));
     }
 
-    fn emit(&mut self, key: &Key, kind: &'static str, extra: Option<(&str, Value)>) {
-        let t = self
-            .deposits
-            .get_mut(key)
-            .expect("emit for a loaded deposit");
-        let stream = events::deposit_stream(&t.deposit.txid, t.deposit.vout);
-        let e = state_event(
-            &t.deposit,
-            stream,
-            &mut t.version,
-            kind,
-            extra,
-            &self.metadata,
-        );
-        self.events.push(e);
+    /// A withdrawal broadcast through the API or observed: `withdrawal.broadcast`, unless
+    /// it is tracked already (a repeat).
+    pub fn broadcast(&mut self, w: Withdrawal) {
+        if self.is_tracked(&Key::Withdrawal(w.txid)) {
+            return;
+        }
+        let key = self.track(TrackedTx::Withdrawal(w));
+        self.emit(&key, Phase::Seen);
     }
 
-    /// A stored block left the active chain: `block.disconnected`, then every deposit it
-    /// confirmed is `deposit.reorged` (and `deposit.credit_reversed` if it was credited).
+    /// A stored block left the active chain: `block.disconnected`, then everything it
+    /// confirmed is reorged (`*.reorged`, and `deposit.credit_reversed` if credited).
     pub fn disconnect_block(&mut self, block: &BlockRef) {
-        self.push_chain(
-            events::BLOCK_DISCONNECTED,
-            json!({"height": block.height, "hash": block.hash}),
-        );
-        let hit: Vec<Key> = self
-            .deposits
-            .iter()
-            .filter(|(_, t)| t.deposit.block_hash.as_deref() == Some(block.hash.as_str()))
-            .map(|(k, _)| k.clone())
-            .collect();
+        self.push_chain(Event::BlockDisconnected(BlockDisconnected {
+            height: block.height,
+            hash: block.hash,
+        }));
+        let hit = self.keys(|t| t.tx.block().map(|(hash, _)| hash) == Some(block.hash));
         for key in hit {
-            let t = self.deposits.get_mut(&key).expect("key from the map");
-            let d = &mut t.deposit;
-            let was_credited = d.credited;
-            d.block_hash = None;
-            d.block_height = None;
-            d.confirmations = 0;
-            d.credited = false;
-            d.status = DepositStatus::Reorged;
-            self.emit(
-                &key,
-                events::DEPOSIT_REORGED,
-                Some(("orphaned_block_hash", Value::String(block.hash.clone()))),
-            );
-            if was_credited {
-                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            let t = &mut self.tracked.get_mut(&key).expect("key from the map").tx;
+            let was_credited = t.is_credited();
+            let place = t.place();
+            *place.block_hash = None;
+            *place.block_height = None;
+            *place.confirmations = 0;
+            *place.status = Status::Reorged;
+            if let Some((credited, _)) = t.credit() {
+                *credited = false;
             }
-        }
-        let hit: Vec<String> = self
-            .withdrawals
-            .iter()
-            .filter(|(_, t)| t.withdrawal.block_hash.as_deref() == Some(block.hash.as_str()))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for txid in hit {
-            let w = &mut self
-                .withdrawals
-                .get_mut(&txid)
-                .expect("key from the map")
-                .withdrawal;
-            w.block_hash = None;
-            w.block_height = None;
-            w.confirmations = 0;
-            w.status = DepositStatus::Reorged;
-            self.emit_withdrawal(
-                &txid,
-                events::WITHDRAWAL_REORGED,
-                Some(("orphaned_block_hash", Value::String(block.hash.clone()))),
-            );
+            self.emit(&key, Phase::Reorged(block.hash));
+            if was_credited {
+                self.emit(&key, Phase::CreditReversed);
+            }
         }
     }
 
     /// A block joined the active chain with these outputs paying watched scripts.
     /// Confirmation events follow in [`Ledger::settle`].
     pub fn connect_block(&mut self, block: &BlockRef, found: Vec<FoundOutput>) {
-        self.push_chain(
-            events::BLOCK_CONNECTED,
-            json!({"height": block.height, "hash": block.hash, "prev_hash": block.prev_hash, "time": block.time}),
-        );
+        self.push_chain(Event::BlockConnected(BlockConnected {
+            height: block.height,
+            hash: block.hash,
+            prev_hash: block.prev_hash,
+            time: block.time,
+        }));
         self.found_in_block(block, found);
     }
 
     /// Outputs found in a block of the active chain — connected now, or an older one a
-    /// rescan reads (no chain event then). Deposits already known there are left alone.
+    /// rescan reads (no chain event then). Deposits already placed in a block are left
+    /// alone.
     pub fn found_in_block(&mut self, block: &BlockRef, found: Vec<FoundOutput>) {
         for out in found {
-            let key = (out.txid.clone(), out.vout);
-            match self.deposits.get_mut(&key) {
+            let key = Key::Deposit(out.outpoint);
+            match self.tracked.get_mut(&key) {
                 None => {
-                    let mut deposit = new_deposit(out, DepositStatus::Confirming);
-                    deposit.block_hash = Some(block.hash.clone());
+                    let mut deposit = new_deposit(out, Status::Confirming);
+                    deposit.block_hash = Some(block.hash);
                     deposit.block_height = Some(block.height);
-                    self.deposits.insert(
-                        key.clone(),
-                        Tracked {
-                            deposit,
-                            version: -1,
-                        },
-                    );
+                    let key = self.track(TrackedTx::Deposit(deposit));
                     self.fresh.insert(key);
                 }
-                Some(t) if t.deposit.block_hash.is_none() => {
-                    t.deposit.block_hash = Some(block.hash.clone());
-                    t.deposit.block_height = Some(block.height);
+                Some(t) if t.tx.block().is_none() => {
+                    let place = t.tx.place();
+                    *place.block_hash = Some(block.hash);
+                    *place.block_height = Some(block.height);
                 }
                 // Already confirmed by a block still on the active chain.
                 Some(_) => {}
@@ -341,242 +207,141 @@ impl Ledger {
     /// confirmations for each one not yet known.
     pub fn seen_in_mempool(&mut self, found: Vec<FoundOutput>) {
         for out in found {
-            let key = (out.txid.clone(), out.vout);
-            if self.deposits.contains_key(&key) {
+            if self.is_tracked(&Key::Deposit(out.outpoint)) {
                 continue;
             }
-            let deposit = new_deposit(out, DepositStatus::Mempool);
-            self.deposits.insert(
-                key.clone(),
-                Tracked {
-                    deposit,
-                    version: -1,
-                },
-            );
-            self.emit(&key, events::DEPOSIT_SEEN, None);
+            let key = self.track(TrackedTx::Deposit(new_deposit(out, Status::Mempool)));
+            self.emit(&key, Phase::Seen);
         }
     }
 
-    /// Re-evaluates every tracked deposit in a block against the observation's tip:
-    /// `deposit.seen` for fresh ones, `deposit.confirmed` for each changed count, then
-    /// `deposit.credited` / `deposit.credit_reversed` at the account's threshold and
-    /// `deposit.final` at finality.
+    /// Re-evaluates everything tracked in a block against the observation's tip:
+    /// `deposit.seen` for fresh deposits, `*.confirmed` for each changed count, a
+    /// deposit's `deposit.credited` / `deposit.credit_reversed` at its threshold, and
+    /// `*.final` at finality.
     pub fn settle(&mut self, tip_height: u32) {
-        let keys: Vec<Key> = self.deposits.keys().cloned().collect();
+        let keys: Vec<Key> = self.tracked.keys().copied().collect();
         for key in keys {
             let fresh = self.fresh.contains(&key);
-            let d = &mut self
-                .deposits
-                .get_mut(&key)
-                .expect("key from the map")
-                .deposit;
-            let Some(height) = d.block_height else {
+            let t = &mut self.tracked.get_mut(&key).expect("key from the map").tx;
+            let Some((_, height)) = t.block() else {
                 continue;
             };
-            if d.status == DepositStatus::Final && !fresh {
+            if t.status() == Status::Final && !fresh {
                 continue;
             }
             let confirmations = (tip_height + 1).saturating_sub(height);
-            let changed = confirmations != d.confirmations;
-            let (threshold, credited) = (d.credit_confirmations, d.credited);
-            d.confirmations = confirmations;
+            let place = t.place();
+            let changed = confirmations != *place.confirmations;
+            *place.confirmations = confirmations;
+            let credit = t
+                .credit()
+                .map(|(credited, threshold)| (*credited, threshold));
             if fresh {
-                self.step(&key, events::DEPOSIT_SEEN, |_| {});
+                self.emit(&key, Phase::Seen);
             }
             if fresh || changed {
-                self.step(&key, events::DEPOSIT_CONFIRMED, |d| {
-                    d.status = if d.credited {
-                        DepositStatus::Credited
+                self.step(&key, Phase::Confirmed, |t| {
+                    *t.place().status = if t.is_credited() {
+                        Status::Credited
                     } else {
-                        DepositStatus::Confirming
+                        Status::Confirming
                     }
                 });
             }
-            if confirmations >= threshold && !credited {
-                self.step(&key, events::DEPOSIT_CREDITED, |d| {
-                    d.credited = true;
-                    d.status = DepositStatus::Credited;
-                });
-            } else if confirmations < threshold && credited {
-                self.step(&key, events::DEPOSIT_CREDIT_REVERSED, |d| {
-                    d.credited = false;
-                    d.status = DepositStatus::Confirming;
-                });
+            match credit {
+                Some((false, threshold)) if confirmations >= threshold => {
+                    self.step(&key, Phase::Credited, |t| {
+                        *t.credit().expect("a deposit").0 = true;
+                        *t.place().status = Status::Credited;
+                    });
+                }
+                Some((true, threshold)) if confirmations < threshold => {
+                    self.step(&key, Phase::CreditReversed, |t| {
+                        *t.credit().expect("a deposit").0 = false;
+                        *t.place().status = Status::Confirming;
+                    });
+                }
+                _ => {}
             }
             if confirmations >= self.final_confirmations {
-                self.step(&key, events::DEPOSIT_FINAL, |d| {
-                    d.status = DepositStatus::Final
-                });
+                self.step(&key, Phase::Final, |t| *t.place().status = Status::Final);
             }
         }
         self.fresh.clear();
-        let txids: Vec<String> = self.withdrawals.keys().cloned().collect();
-        for txid in txids {
-            let w = &self.withdrawals[&txid].withdrawal;
-            let Some(height) = w.block_height else {
-                continue;
-            };
-            if w.status == DepositStatus::Final {
-                continue;
-            }
-            let confirmations = (tip_height + 1).saturating_sub(height);
-            if confirmations == w.confirmations && w.status != DepositStatus::Reorged {
-                continue;
-            }
-            self.step_withdrawal(&txid, events::WITHDRAWAL_CONFIRMED, |w| {
-                w.confirmations = confirmations;
-                w.status = DepositStatus::Confirming;
-            });
-            if confirmations >= self.final_confirmations {
-                self.step_withdrawal(&txid, events::WITHDRAWAL_FINAL, |w| {
-                    w.status = DepositStatus::Final
-                });
-            }
-        }
     }
 
-    /// Changes a tracked deposit, then records its new state as a `kind` event.
-    fn step(&mut self, key: &Key, kind: &'static str, change: impl FnOnce(&mut Deposit)) {
-        change(
-            &mut self
-                .deposits
-                .get_mut(key)
-                .expect("a tracked deposit")
-                .deposit,
-        );
-        self.emit(key, kind, None);
-    }
-
-    /// [`Ledger::step`] for a tracked withdrawal.
-    fn step_withdrawal(
-        &mut self,
-        txid: &str,
-        kind: &'static str,
-        change: impl FnOnce(&mut Withdrawal),
-    ) {
-        change(
-            &mut self
-                .withdrawals
-                .get_mut(txid)
-                .expect("a tracked withdrawal")
-                .withdrawal,
-        );
-        self.emit_withdrawal(txid, kind, None);
-    }
-
-    /// The outpoints spent by deposits not (or no longer) in a block: a transaction
-    /// spending one of them, other than the deposit's own, replaces the deposit.
-    pub fn unconfirmed_inputs(&self) -> Vec<String> {
-        let deposits = self
-            .deposits
+    /// The outpoints spent by tracked transactions not (or no longer) in a block: a
+    /// transaction spending one of them, other than their own, replaces them.
+    pub fn unconfirmed_inputs(&self) -> HashSet<OutPoint> {
+        self.tracked
             .values()
-            .filter(|t| t.deposit.block_hash.is_none() && t.deposit.status.is_unconfirmed())
-            .flat_map(|t| t.deposit.inputs.iter().cloned());
-        let withdrawals = self
-            .withdrawals
-            .values()
-            .filter(|t| t.withdrawal.block_hash.is_none() && t.withdrawal.status.is_unconfirmed())
-            .flat_map(|t| t.withdrawal.inputs.iter().cloned());
-        deposits.chain(withdrawals).collect()
+            .filter(|t| t.tx.block().is_none() && t.tx.status().is_unconfirmed())
+            .flat_map(|t| t.tx.inputs().iter().copied())
+            .collect()
     }
 
     /// Transaction `spender`, in `block`, spends `outpoint`: a withdrawal it is gets the
     /// block (confirmations follow in [`Ledger::settle`]); anything else it replaces.
-    pub fn spent_in_block(&mut self, spender: &str, outpoint: &str, block: &BlockRef) {
-        if let Some(t) = self.withdrawals.get_mut(spender) {
-            if t.withdrawal.block_hash.is_none() {
-                t.withdrawal.block_hash = Some(block.hash.clone());
-                t.withdrawal.block_height = Some(block.height);
+    pub fn spent_in_block(&mut self, spender: Txid, outpoint: OutPoint, block: &BlockRef) {
+        if let Some(t) = self.tracked.get_mut(&Key::Withdrawal(spender)) {
+            if t.tx.block().is_none() {
+                let place = t.tx.place();
+                *place.block_hash = Some(block.hash);
+                *place.block_height = Some(block.height);
             }
         }
         self.spent(spender, outpoint);
     }
 
     /// Transaction `spender` (in a block, or in the mempool as a replacement) spends
-    /// `outpoint`: every unconfirmed deposit whose transaction spent it is `deposit.replaced`
-    /// (after `deposit.reorged` when a reorg put it back first).
-    pub fn spent(&mut self, spender: &str, outpoint: &str) {
-        let hit: Vec<Key> = self
-            .deposits
-            .iter()
-            .filter(|(_, t)| {
-                t.deposit.txid != spender
-                    && t.deposit.block_hash.is_none()
-                    && t.deposit.status.is_unconfirmed()
-                    && t.deposit.inputs.iter().any(|i| i == outpoint)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+    /// `outpoint`: whatever unconfirmed transaction of ours spent it too is replaced
+    /// (after `*.reorged` when a reorg put it back first).
+    pub fn spent(&mut self, spender: Txid, outpoint: OutPoint) {
+        let hit = self.keys(|t| {
+            t.tx.txid() != spender
+                && t.tx.block().is_none()
+                && t.tx.status().is_unconfirmed()
+                && t.tx.inputs().contains(&outpoint)
+        });
         for key in hit {
-            let t = self.deposits.get_mut(&key).expect("key from the map");
-            let was_credited = t.deposit.credited;
-            t.deposit.status = DepositStatus::Replaced;
-            t.deposit.confirmations = 0;
-            t.deposit.credited = false;
-            if was_credited {
-                self.emit(&key, events::DEPOSIT_CREDIT_REVERSED, None);
+            let t = &mut self.tracked.get_mut(&key).expect("key from the map").tx;
+            let was_credited = t.is_credited();
+            let place = t.place();
+            *place.status = Status::Replaced;
+            *place.confirmations = 0;
+            if let Some((credited, _)) = t.credit() {
+                *credited = false;
             }
-            self.emit(
-                &key,
-                events::DEPOSIT_REPLACED,
-                Some(("replaced_by", Value::String(spender.to_string()))),
-            );
+            if was_credited {
+                self.emit(&key, Phase::CreditReversed);
+            }
+            self.emit(&key, Phase::Replaced(spender));
             self.fresh.remove(&key);
         }
-        let hit: Vec<String> = self
-            .withdrawals
-            .iter()
-            .filter(|(txid, t)| {
-                txid.as_str() != spender
-                    && t.withdrawal.block_hash.is_none()
-                    && t.withdrawal.status.is_unconfirmed()
-                    && t.withdrawal.inputs.iter().any(|i| i == outpoint)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for txid in hit {
-            let w = &mut self
-                .withdrawals
-                .get_mut(&txid)
-                .expect("key from the map")
-                .withdrawal;
-            w.status = DepositStatus::Replaced;
-            w.confirmations = 0;
-            self.emit_withdrawal(
-                &txid,
-                events::WITHDRAWAL_REPLACED,
-                Some(("replaced_by", Value::String(spender.to_string()))),
-            );
-        }
     }
 
-    /// Deposits whose transaction left the mempool unmined (past the grace period):
-    /// `deposit.dropped`.
-    pub fn dropped(&mut self, keys: &[(String, u32)]) {
+    /// Tracked transactions that left the mempool unmined (past the grace period):
+    /// `*.dropped`.
+    pub fn dropped(&mut self, keys: &[Key]) {
         for key in keys {
-            let Some(t) = self.deposits.get_mut(key) else {
+            let Some(t) = self.tracked.get_mut(key) else {
                 continue;
             };
-            if t.deposit.block_hash.is_some() || !t.deposit.status.is_unconfirmed() {
+            if t.tx.block().is_some() || !t.tx.status().is_unconfirmed() {
                 continue;
             }
-            t.deposit.status = DepositStatus::Dropped;
-            self.emit(key, events::DEPOSIT_DROPPED, None);
+            *t.tx.place().status = Status::Dropped;
+            self.emit(key, Phase::Dropped);
         }
     }
 
-    /// Withdrawals whose transaction left the mempool unmined: `withdrawal.dropped`.
-    pub fn dropped_withdrawals(&mut self, txids: &[String]) {
-        for txid in txids {
-            let Some(t) = self.withdrawals.get_mut(txid) else {
-                continue;
-            };
-            if t.withdrawal.block_hash.is_some() || !t.withdrawal.status.is_unconfirmed() {
-                continue;
-            }
-            t.withdrawal.status = DepositStatus::Dropped;
-            self.emit_withdrawal(txid, events::WITHDRAWAL_DROPPED, None);
-        }
+    fn keys(&self, pick: impl Fn(&Tracked) -> bool) -> Vec<Key> {
+        self.tracked
+            .iter()
+            .filter(|(_, t)| pick(t))
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     pub fn into_events(self) -> Vec<NewEvent> {
@@ -584,39 +349,200 @@ impl Ledger {
     }
 }
 
-/// An event carrying a stream's whole state (plus `extra`), at the version after
-/// `version`, which it advances.
-fn state_event(
-    state: &impl Serialize,
-    stream: String,
-    version: &mut i32,
-    kind: &'static str,
-    extra: Option<(&str, Value)>,
-    metadata: &Value,
-) -> NewEvent {
-    let mut data = serde_json::to_value(state).expect("state serialises");
-    if let (Some((name, value)), Value::Object(map)) = (extra, &mut data) {
-        map.insert(name.to_string(), value);
+/// A transaction the ledger tracks: a deposit or a withdrawal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrackedTx {
+    Deposit(Deposit),
+    Withdrawal(Withdrawal),
+}
+
+/// One step of a tracked transaction's life; each is one event, named per kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// `deposit.seen` / `withdrawal.broadcast`.
+    Seen,
+    Confirmed,
+    /// Deposits only: the credit threshold reached, or lost.
+    Credited,
+    CreditReversed,
+    Final,
+    Reorged(BlockHash),
+    Dropped,
+    Replaced(Txid),
+}
+
+impl TrackedTx {
+    pub fn key(&self) -> Key {
+        match self {
+            TrackedTx::Deposit(d) => Key::Deposit(d.outpoint()),
+            TrackedTx::Withdrawal(w) => Key::Withdrawal(w.txid),
+        }
     }
-    let expected_version = (*version >= 0).then_some(*version);
-    *version += 1;
-    NewEvent {
-        stream,
-        expected_version,
-        kind,
-        data,
-        metadata: metadata.clone(),
+
+    pub fn txid(&self) -> Txid {
+        match self {
+            TrackedTx::Deposit(d) => d.txid,
+            TrackedTx::Withdrawal(w) => w.txid,
+        }
+    }
+
+    /// Its place on the chain, to read and change.
+    pub fn place(&mut self) -> Place<'_> {
+        match self {
+            TrackedTx::Deposit(d) => Place {
+                confirmations: &mut d.confirmations,
+                block_hash: &mut d.block_hash,
+                block_height: &mut d.block_height,
+                status: &mut d.status,
+            },
+            TrackedTx::Withdrawal(w) => Place {
+                confirmations: &mut w.confirmations,
+                block_hash: &mut w.block_hash,
+                block_height: &mut w.block_height,
+                status: &mut w.status,
+            },
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            TrackedTx::Deposit(d) => d.status,
+            TrackedTx::Withdrawal(w) => w.status,
+        }
+    }
+
+    pub fn block(&self) -> Option<(BlockHash, u32)> {
+        match self {
+            TrackedTx::Deposit(d) => d.block_hash.zip(d.block_height),
+            TrackedTx::Withdrawal(w) => w.block_hash.zip(w.block_height),
+        }
+    }
+
+    pub fn inputs(&self) -> &[OutPoint] {
+        match self {
+            TrackedTx::Deposit(d) => &d.inputs,
+            TrackedTx::Withdrawal(w) => &w.inputs,
+        }
+    }
+
+    /// A deposit's credit: whether credited, and at how many confirmations. Withdrawals
+    /// have none.
+    pub fn credit(&mut self) -> Option<(&mut bool, u32)> {
+        match self {
+            TrackedTx::Deposit(d) => Some((&mut d.credited, d.credit_confirmations)),
+            TrackedTx::Withdrawal(_) => None,
+        }
+    }
+
+    pub fn is_credited(&self) -> bool {
+        matches!(self, TrackedTx::Deposit(d) if d.credited)
+    }
+
+    /// The event recording `phase`, carrying the state as it is now.
+    pub fn event(&self, phase: Phase) -> Event {
+        match (self, phase) {
+            (TrackedTx::Deposit(d), phase) => {
+                let d = d.clone();
+                match phase {
+                    Phase::Seen => Event::DepositSeen(d),
+                    Phase::Confirmed => Event::DepositConfirmed(d),
+                    Phase::Credited => Event::DepositCredited(d),
+                    Phase::CreditReversed => Event::DepositCreditReversed(d),
+                    Phase::Final => Event::DepositFinal(d),
+                    Phase::Reorged(orphaned_block_hash) => Event::DepositReorged(Reorged {
+                        state: d,
+                        orphaned_block_hash,
+                    }),
+                    Phase::Dropped => Event::DepositDropped(d),
+                    Phase::Replaced(replaced_by) => Event::DepositReplaced(Replaced {
+                        state: d,
+                        replaced_by,
+                    }),
+                }
+            }
+            (TrackedTx::Withdrawal(w), phase) => {
+                let w = w.clone();
+                match phase {
+                    Phase::Seen => Event::WithdrawalBroadcast(w),
+                    Phase::Confirmed => Event::WithdrawalConfirmed(w),
+                    Phase::Credited | Phase::CreditReversed => {
+                        unreachable!("withdrawals have no credit threshold")
+                    }
+                    Phase::Final => Event::WithdrawalFinal(w),
+                    Phase::Reorged(orphaned_block_hash) => Event::WithdrawalReorged(Reorged {
+                        state: w,
+                        orphaned_block_hash,
+                    }),
+                    Phase::Dropped => Event::WithdrawalDropped(w),
+                    Phase::Replaced(replaced_by) => Event::WithdrawalReplaced(Replaced {
+                        state: w,
+                        replaced_by,
+                    }),
+                }
+            }
+        }
     }
 }
 
-fn new_deposit(out: FoundOutput, status: DepositStatus) -> Deposit {
+/// The chain-facing fields of a tracked transaction, borrowed to change together.
+pub struct Place<'a> {
+    pub confirmations: &'a mut u32,
+    pub block_hash: &'a mut Option<BlockHash>,
+    pub block_height: &'a mut Option<u32>,
+    pub status: &'a mut Status,
+}
+
+/// A tracked transaction as stored, with the last version of its stream (-1: none yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub tx: TrackedTx,
+    pub version: i32,
+}
+
+/// Which tracked transaction: deposits come before withdrawals, each in the order their
+/// txids are written (as hex), so an observation's events come out in a stable order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Deposit(OutPoint),
+    Withdrawal(Txid),
+}
+
+impl Key {
+    fn order(&self) -> (u8, [u8; 32], u32) {
+        // A txid is written as its bytes reversed, in hex: comparing the reversed bytes
+        // compares the hex strings.
+        let written = |t: &Txid| {
+            let mut b = t.to_byte_array();
+            b.reverse();
+            b
+        };
+        match self {
+            Key::Deposit(o) => (0, written(&o.txid), o.vout),
+            Key::Withdrawal(t) => (1, written(t), 0),
+        }
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn new_deposit(out: FoundOutput, status: Status) -> Deposit {
     Deposit {
         account_id: out.watch.account_id,
         address: out.watch.address,
-        txid: out.txid,
-        vout: out.vout,
-        amount: out.value.to_btc_string(),
-        amount_sats: out.value.0,
+        txid: out.outpoint.txid,
+        vout: out.outpoint.vout,
+        amount: Btc(out.value),
+        amount_sats: out.value,
         confirmations: 0,
         block_hash: None,
         block_height: None,
@@ -630,6 +556,8 @@ fn new_deposit(out: FoundOutput, status: DepositStatus) -> Deposit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::EventType;
+    use crate::domain::tracked::Source;
 
     fn watch() -> Watch {
         Watch {
@@ -639,39 +567,52 @@ mod tests {
         }
     }
 
-    fn out(txid: &str) -> FoundOutput {
+    /// A txid from a short tag, as readable as the tag.
+    fn txid(tag: &str) -> Txid {
+        let mut b = [0u8; 32];
+        b[..tag.len()].copy_from_slice(tag.as_bytes());
+        Txid::from_byte_array(b)
+    }
+
+    fn op(tag: &str, vout: u32) -> OutPoint {
+        OutPoint::new(txid(tag), vout)
+    }
+
+    fn out(tag: &str) -> FoundOutput {
         FoundOutput {
-            inputs: vec![format!("{txid}ff:0")],
-            txid: txid.into(),
-            vout: 0,
+            inputs: vec![op(&format!("{tag}ff"), 0)],
+            outpoint: op(tag, 0),
             value: Sats(150_000_000),
             watch: watch(),
         }
     }
 
+    fn hash(tag: &str, height: u32) -> BlockHash {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&height.to_le_bytes());
+        b[4..4 + tag.len()].copy_from_slice(tag.as_bytes());
+        BlockHash::from_byte_array(b)
+    }
+
     fn block(height: u32, tag: &str) -> BlockRef {
         BlockRef {
             height,
-            hash: format!("{tag}{height}"),
-            prev_hash: format!("{tag}{}", height - 1),
+            hash: hash(tag, height),
+            prev_hash: hash(tag, height - 1),
             time: 0,
         }
     }
 
     /// Runs observations one after another, carrying state as the projections would.
     struct Sim {
-        deposits: Vec<Tracked>,
-        withdrawals: Vec<TrackedWithdrawal>,
-        chain: Option<i32>,
+        state: LedgerState,
         log: Vec<NewEvent>,
     }
 
     impl Sim {
         fn new() -> Self {
             Sim {
-                deposits: vec![],
-                withdrawals: vec![],
-                chain: None,
+                state: LedgerState::default(),
                 log: vec![],
             }
         }
@@ -688,22 +629,24 @@ mod tests {
             })
         }
         fn observe(&mut self, f: impl FnOnce(&mut Ledger)) -> Vec<(&'static str, u32, bool)> {
-            let mut ledger = Ledger::new(6, self.chain, self.deposits.clone(), Value::Null)
-                .with_withdrawals(self.withdrawals.clone());
+            let mut ledger = Ledger::new(6, self.state.clone(), Value::Null);
             f(&mut ledger);
-            self.chain = ledger.chain_version;
-            self.deposits = ledger.deposits.values().cloned().collect();
-            self.withdrawals = ledger.withdrawals.values().cloned().collect();
+            self.state = LedgerState {
+                chain_version: ledger.chain_version,
+                tracked: ledger.tracked.values().cloned().collect(),
+            };
             let new = ledger.into_events();
             self.log.extend(new.iter().cloned());
             new.iter()
-                .filter(|e| !e.stream.starts_with("chain"))
+                .filter(|e| e.stream != StreamName::chain())
                 .map(|e| {
-                    (
-                        e.kind,
-                        e.data["confirmations"].as_u64().unwrap() as u32,
-                        e.data["credited"].as_bool().unwrap_or(false),
-                    )
+                    let (confirmations, credited) = match (e.event.deposit(), e.event.withdrawal())
+                    {
+                        (Some(d), _) => (d.confirmations, d.credited),
+                        (_, Some(w)) => (w.confirmations, false),
+                        _ => unreachable!("only tracked transactions"),
+                    };
+                    (e.event.kind().as_str(), confirmations, credited)
                 })
                 .collect()
         }
@@ -714,27 +657,31 @@ mod tests {
         let mut sim = Sim::new();
         let w = Withdrawal {
             account_id: Uuid::nil(),
-            txid: "ww".into(),
-            amount: "1.00000000".into(),
-            amount_sats: 100_000_000,
+            txid: txid("ww"),
+            amount: Btc(Sats(100_000_000)),
+            amount_sats: Sats(100_000_000),
             fee: None,
             fee_sats: None,
-            inputs: vec!["dd:0".into()],
+            inputs: vec![op("dd", 0)],
             confirmations: 0,
             block_hash: None,
             block_height: None,
-            status: DepositStatus::Mempool,
-            source: "api".into(),
+            status: Status::Mempool,
+            source: Source::Api,
         };
         assert_eq!(
-            sim.observe(|l| l.broadcast(w)),
+            sim.observe(|l| l.broadcast(w.clone())),
             vec![("withdrawal.broadcast", 0, false)]
+        );
+        assert!(
+            sim.observe(|l| l.broadcast(w)).is_empty(),
+            "a repeat is recognised by its txid"
         );
         let b = block(101, "a");
         assert_eq!(
             sim.observe(|l| {
                 l.connect_block(&b, vec![]);
-                l.spent_in_block("ww", "dd:0", &b);
+                l.spent_in_block(txid("ww"), op("dd", 0), &b);
                 l.settle(101)
             }),
             vec![("withdrawal.confirmed", 1, false)]
@@ -744,10 +691,13 @@ mod tests {
             vec![("withdrawal.reorged", 0, false)]
         );
         assert_eq!(
-            sim.observe(|l| l.spent("xx", "dd:0")),
+            sim.observe(|l| l.spent(txid("xx"), op("dd", 0))),
             vec![("withdrawal.replaced", 0, false)]
         );
-        assert_eq!(sim.log.last().unwrap().data["replaced_by"], "xx");
+        match &sim.log.last().unwrap().event {
+            Event::WithdrawalReplaced(r) => assert_eq!(r.replaced_by, txid("xx")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -755,22 +705,31 @@ mod tests {
         let mut sim = Sim::new();
         sim.observe(|l| l.seen_in_mempool(vec![out("aa"), out("bb")]));
         // The deposit's own transaction spending its input is no conflict.
-        assert!(sim.observe(|l| l.spent("aa", "aaff:0")).is_empty());
+        assert!(sim
+            .observe(|l| l.spent(txid("aa"), op("aaff", 0)))
+            .is_empty());
         assert_eq!(
-            sim.observe(|l| l.spent("cc", "aaff:0")),
+            sim.observe(|l| l.spent(txid("cc"), op("aaff", 0))),
             vec![("deposit.replaced", 0, false)]
         );
-        assert_eq!(sim.log.last().unwrap().data["replaced_by"], "cc");
+        match &sim.log.last().unwrap().event {
+            Event::DepositReplaced(r) => assert_eq!(r.replaced_by, txid("cc")),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            sim.observe(|l| l.dropped(&[("bb".into(), 0), ("aa".into(), 0)])),
+            sim.observe(|l| l.dropped(&[Key::Deposit(op("bb", 0)), Key::Deposit(op("aa", 0))])),
             vec![("deposit.dropped", 0, false)],
             "a replaced deposit is not dropped as well"
         );
         // Once in a block, a deposit is not replaceable by a mempool spend.
         sim.observe(|l| l.seen_in_mempool(vec![out("dd")]));
         sim.block(101, "a", vec![out("dd")]);
-        assert!(sim.observe(|l| l.spent("ee", "ddff:0")).is_empty());
-        assert!(sim.observe(|l| l.dropped(&[("dd".into(), 0)])).is_empty());
+        assert!(sim
+            .observe(|l| l.spent(txid("ee"), op("ddff", 0)))
+            .is_empty());
+        assert!(sim
+            .observe(|l| l.dropped(&[Key::Deposit(op("dd", 0))]))
+            .is_empty());
     }
 
     #[test]
@@ -811,7 +770,7 @@ mod tests {
         let versions: Vec<i32> = sim
             .log
             .iter()
-            .filter(|e| e.stream != "chain")
+            .filter(|e| e.stream != StreamName::chain())
             .map(|e| e.stream_version())
             .collect();
         assert_eq!(versions, (0..9).collect::<Vec<_>>());
@@ -851,18 +810,18 @@ mod tests {
         // A new branch includes the transaction again.
         let ev = sim.block(10, "b", vec![out("cc")]);
         assert_eq!(ev, vec![("deposit.confirmed", 1, false)]);
-        let chain: Vec<&str> = sim
+        let chain: Vec<EventType> = sim
             .log
             .iter()
-            .filter(|e| e.stream == "chain")
-            .map(|e| e.kind)
+            .filter(|e| e.stream == StreamName::chain())
+            .map(|e| e.event.kind())
             .collect();
         assert_eq!(
             chain,
-            ["block.connected"; 3]
+            [EventType::BlockConnected; 3]
                 .iter()
-                .chain(["block.disconnected"; 3].iter())
-                .chain(["block.connected"].iter())
+                .chain([EventType::BlockDisconnected; 3].iter())
+                .chain([EventType::BlockConnected].iter())
                 .copied()
                 .collect::<Vec<_>>()
         );
@@ -903,5 +862,16 @@ mod tests {
                 ("deposit.credit_reversed", 2, false)
             ]
         );
+    }
+    #[test]
+    fn keys_order_deposits_first_then_by_written_txid() {
+        let mut low = [0u8; 32];
+        low[31] = 1; // written as 01000…: small in hex order
+        let mut high = [0u8; 32];
+        high[0] = 0xff; // written as …ff
+        let (low, high) = (Txid::from_byte_array(low), Txid::from_byte_array(high));
+        assert!(low.to_string() > high.to_string());
+        assert!(Key::Deposit(OutPoint::new(high, 0)) < Key::Deposit(OutPoint::new(low, 0)));
+        assert!(Key::Deposit(OutPoint::new(low, 9)) < Key::Withdrawal(high));
     }
 }

@@ -51,7 +51,7 @@ pub async fn export(
             ))
         }
         Some(t) => t,
-        None => store::head(&s.pool).await?,
+        None => store::head(&s.pool).await?.0,
     };
     let header_chunk = (format == Format::Csv).then(audit::csv_header);
     let pages = futures::stream::unfold(Some(from - 1), move |after| {

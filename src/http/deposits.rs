@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::AppState;
-use crate::domain::ledger::Deposit;
+use crate::domain::tracked::Deposit;
 use crate::projections::read;
 
 #[derive(Serialize, ToSchema)]
@@ -30,14 +30,14 @@ pub struct DepositOut {
 impl From<Deposit> for DepositOut {
     fn from(d: Deposit) -> Self {
         DepositOut {
-            txid: d.txid,
+            txid: d.txid.to_string(),
             vout: d.vout,
             address: d.address,
             account_id: d.account_id,
-            amount: d.amount,
-            amount_sats: d.amount_sats,
+            amount: d.amount.0.to_btc_string(),
+            amount_sats: d.amount_sats.0,
             confirmations: d.confirmations,
-            block_hash: d.block_hash,
+            block_hash: d.block_hash.map(|h| h.to_string()),
             block_height: d.block_height,
             credited: d.credited,
             status: d.status.as_str().to_string(),
@@ -81,17 +81,15 @@ pub async fn get_one(
     State(s): State<AppState>,
     Path((txid, vout)): Path<(String, u32)>,
 ) -> Result<axum::Json<DepositOut>, ApiError> {
-    let txid = txid.to_ascii_lowercase();
-    if txid.len() != 64 || !txid.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request(
-            "invalid_txid",
-            "txid: must be 64 hexadecimal characters",
-        ));
-    }
-    let vout = i32::try_from(vout)
-        .map_err(|_| ApiError::bad_request("invalid_vout", "vout: out of range"))?;
+    let txid: bitcoin::Txid = Some(txid.to_ascii_lowercase())
+        .filter(|t| t.len() == 64)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_txid", "txid: must be 64 hexadecimal characters")
+        })?;
+    i32::try_from(vout).map_err(|_| ApiError::bad_request("invalid_vout", "vout: out of range"))?;
     let mut conn = s.pool.acquire().await?;
-    let deposit = read::deposit(&mut conn, &txid, vout)
+    let deposit = read::deposit(&mut conn, bitcoin::OutPoint::new(txid, vout))
         .await?
         .ok_or_else(|| {
             ApiError::not_found("deposit_not_found", format!("no deposit {txid}:{vout}"))

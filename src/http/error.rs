@@ -76,13 +76,15 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-impl From<crate::store::AppendError> for ApiError {
-    fn from(e: crate::store::AppendError) -> Self {
+impl From<crate::unit_of_work::RecordError> for ApiError {
+    fn from(e: crate::unit_of_work::RecordError) -> Self {
+        use crate::unit_of_work::RecordError;
         match e {
-            crate::store::AppendError::Conflict(m) => {
+            RecordError::Conflict(m) => {
                 ApiError::conflict("concurrent_update", format!("{m}; retry"))
             }
-            crate::store::AppendError::Database(e) => e.into(),
+            RecordError::Database(e) => e.into(),
+            other => ApiError::Internal(other.into()),
         }
     }
 }

@@ -9,7 +9,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ApiError;
 use super::extract::Query;
 use super::AppState;
-use crate::domain::events::TypeFilter;
+use crate::domain::filter::TypeFilter;
+use crate::domain::stream::Position;
 use crate::store::{self, StoredEvent};
 
 pub const MAX_LIMIT: i64 = 1000;
@@ -72,10 +73,10 @@ pub async fn tail(
     let mut cursor = after;
     loop {
         // Every event at or below this head is visible to the read that follows.
-        let head = store::head(&s.pool).await?;
-        let events = store::read_after(&s.pool, cursor, limit, types.as_deref()).await?;
+        let head = store::head(&s.pool).await?.0;
+        let events = store::read_after(&s.pool, Position(cursor), limit, types.as_deref()).await?;
         let has_more = events.len() as i64 == limit;
-        let last = events.last().map_or(cursor, |e| e.position);
+        let last = events.last().map_or(cursor, |e| e.position.0);
         let next_after = if has_more { last } else { last.max(head) };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !events.is_empty() || remaining.is_zero() {
@@ -88,7 +89,7 @@ pub async fn tail(
         cursor = next_after;
         let mut shutdown = s.shutdown.clone();
         tokio::select! {
-            _ = s.log.wait_past(cursor, remaining) => {}
+            _ = s.log.wait_past(Position(cursor), remaining) => {}
             // At shutdown, answer now (empty page) rather than hold the server open.
             _ = shutdown.wait_for(|s| *s) => return Ok(axum::Json(Page { events: Vec::new(), next_after, has_more: false })),
         }

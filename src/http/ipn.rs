@@ -93,8 +93,8 @@ pub async fn balance(
     let address = fields
         .get("address")
         .ok_or_else(|| ApiError::bad_request("invalid_address", "address: required"))?;
-    let address = super::accounts::parse_address(&s, address)?.as_string();
-    let sums = super::accounts::address_sums(&s, &address).await?;
+    let address = super::addresses::parse_address(&s, address)?.as_string();
+    let sums = super::addresses::address_sums(&s, &address).await?;
     let (confirmed, unconfirmed) = (sums.credited, sums.uncredited);
     Ok(axum::Json(Totals {
         address,
@@ -179,7 +179,7 @@ async fn subscribe_fields(s: &AppState, fields: &HashMap<String, String>) -> Res
             .parse::<u32>()
             .map_err(|_| ApiError::invalid_field("max_confirms", "must be a whole number"))?,
     };
-    let address = super::accounts::parse_address(s, &address)?.as_string();
+    let address = super::addresses::parse_address(s, &address)?.as_string();
     let exists = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM subscribers s JOIN subscriber_cursors c USING (subscriber_id)
                           WHERE s.format = 'ipn' AND s.address = $1 AND s.url = $2

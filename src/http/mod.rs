@@ -1,8 +1,10 @@
 //! The HTTP API (DESIGN.md "HTTP API"): `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
-//! without auth; every `/v1` route behind the bearer token. Commands append events and
-//! fold them into the projections in one transaction; queries read the projections.
+//! without auth; every `/v1` route behind the bearer token. Commands are observations
+//! recorded by the unit of work (events and projections in one transaction); queries read
+//! the projections.
 
 mod accounts;
+mod addresses;
 mod audit;
 mod bitcart;
 mod deposits;
@@ -38,6 +40,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Where the commands record their events.
+    pub unit_of_work: crate::unit_of_work::UnitOfWork,
     pub node: Node,
     pub network: NetworkName,
     pub api_token: Arc<str>,
@@ -85,12 +89,12 @@ pub fn router(state: AppState) -> Router {
         .route("/accounts", post(accounts::create_account))
         .route("/accounts/{id}", get(accounts::get_account))
         .route("/accounts/{id}/balance", get(accounts::balance))
-        .route("/accounts/{id}/addresses", post(accounts::add_address))
+        .route("/accounts/{id}/addresses", post(addresses::add_address))
         .route(
             "/accounts/{id}/addresses/{index}",
-            get(accounts::derived_address),
+            get(addresses::derived_address),
         )
-        .route("/addresses/{address}", get(accounts::address_totals))
+        .route("/addresses/{address}", get(addresses::address_totals))
         .route("/withdrawals", post(withdrawals::create))
         .route("/deposits", get(deposits::list))
         .route("/deposits/{txid}/{vout}", get(deposits::get_one))

@@ -4,7 +4,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, audit, deposits, events, ipn, status, stream, subscribers, withdrawals};
+use super::{
+    accounts, addresses, audit, deposits, events, ipn, status, stream, subscribers, withdrawals,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,9 +16,9 @@ use super::{accounts, audit, deposits, events, ipn, status, stream, subscribers,
         accounts::create_account,
         accounts::get_account,
         accounts::balance,
-        accounts::add_address,
-        accounts::derived_address,
-        accounts::address_totals,
+        addresses::add_address,
+        addresses::derived_address,
+        addresses::address_totals,
         deposits::list,
         deposits::get_one,
         events::tail,

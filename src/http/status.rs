@@ -92,10 +92,10 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
     Ok(Json(Status {
         network: s.network.as_str(),
         node_tip: known(s.follower.node_tip.load(Ordering::Relaxed)),
-        synced_tip: crate::chain::follower::load_tip(&s.pool)
+        synced_tip: crate::projections::read::tip(&s.pool)
             .await?
             .map(|b| i64::from(b.height)),
-        last_position: store::head(&s.pool).await?,
+        last_position: store::head(&s.pool).await?.0,
         leader: s.follower.leader.load(Ordering::Relaxed),
         rescans,
         last_error: s.follower.last_error.lock().expect("not poisoned").clone(),

@@ -19,7 +19,8 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::Query;
 use super::AppState;
-use crate::domain::events::TypeFilter;
+use crate::domain::filter::TypeFilter;
+use crate::domain::stream::Position;
 use crate::store::{self, StoredEvent};
 
 const PAGE: i64 = 500;
@@ -86,14 +87,14 @@ pub async fn stream(
 
     struct Tail {
         s: AppState,
-        cursor: i64,
+        cursor: Position,
         types: Option<Vec<String>>,
         pending: VecDeque<StoredEvent>,
         sent: bool,
     }
     let tail = Tail {
         s,
-        cursor: after,
+        cursor: Position(after),
         types,
         pending: VecDeque::new(),
         sent: false,

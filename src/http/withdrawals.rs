@@ -4,22 +4,30 @@
 //! outputs it spends; change paid back to a watched address arrives as a deposit) until
 //! the withdrawal is dropped or replaced. Posting the same transaction again answers the
 //! same withdrawal and appends nothing.
+//!
+//! The broadcast happens before the unit of work, never under the log lock: the request
+//! is written to `withdrawal_requests` first, so whoever records the transaction — this
+//! handler after the broadcast, or the mempool watcher when it sees it first (a race, or
+//! a crash in between) — records the same withdrawal, and the append is idempotent by
+//! txid.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use bitcoin::Transaction;
+use bitcoin::{Transaction, Txid};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::Json;
 use super::AppState;
-use crate::chain::watches::inputs_of;
-use crate::domain::ledger::{DepositStatus, Ledger, Withdrawal};
-use crate::domain::Sats;
-use crate::{projections, store};
+use crate::domain::ledger::{Ledger, LedgerState};
+use crate::domain::stream::StreamName;
+use crate::domain::tracked::{inputs_of, Source, Withdrawal};
+use crate::projections::read;
+use crate::unit_of_work::{Decision, Observation, RecordError};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,69 +50,31 @@ pub async fn create(
         .map_err(|_| ApiError::invalid_field("raw_tx", "not hex"))?;
     let tx: Transaction = bitcoin::consensus::deserialize(&bytes)
         .map_err(|e| ApiError::invalid_field("raw_tx", format!("not a transaction: {e}")))?;
-    let txid = tx.compute_txid().to_string();
-    let known = sqlx::query_scalar!(
-        "SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)",
-        body.account_id
-    )
-    .fetch_one(&s.pool)
-    .await?;
-    if known != Some(true) {
+    let txid = tx.compute_txid();
+    let mut conn = s.pool.acquire().await?;
+    if read::account(&mut conn, body.account_id).await?.is_none() {
         return Err(ApiError::not_found(
             "account_not_found",
             format!("no account {}", body.account_id),
         ));
     }
-    // What it spends that we know of: deposits (of any account).
-    let inputs = inputs_of(&tx);
-    let (in_txids, in_vouts): (Vec<String>, Vec<i32>) = tx
-        .input
-        .iter()
-        .map(|i| {
-            (
-                i.previous_output.txid.to_string(),
-                i.previous_output.vout as i32,
-            )
-        })
-        .unzip();
-    let spent = sqlx::query!(
-        r#"SELECT d.account_id, d.amount_sats FROM deposits d
-           JOIN UNNEST($1::text[], $2::int[]) AS i(txid, vout) ON d.txid = i.txid AND d.vout = i.vout"#,
-        &in_txids,
-        &in_vouts
+    let spent = read::spent_deposits(&mut conn, &inputs_of(&tx)).await?;
+    let withdrawal = Withdrawal::from_spends(&tx, &spent, Some(body.account_id), Source::Api)
+        .ok_or_else(|| ApiError::invalid_field("raw_tx", "it spends no deposit of this account"))?;
+    if let Some(existing) = recorded(&mut conn, txid).await? {
+        return same_account(existing, body.account_id, txid).map(|w| (StatusCode::OK, w));
+    }
+    let first = sqlx::query_scalar!(
+        r#"INSERT INTO withdrawal_requests (txid, account_id) VALUES ($1, $2)
+           ON CONFLICT (txid) DO NOTHING RETURNING true AS "first!""#,
+        txid.to_string(),
+        body.account_id
     )
-    .fetch_all(&s.pool)
-    .await?;
-    let ours: i64 = spent
-        .iter()
-        .filter(|r| r.account_id == body.account_id)
-        .map(|r| r.amount_sats)
-        .sum();
-    if ours == 0 {
-        return Err(ApiError::invalid_field(
-            "raw_tx",
-            "it spends no deposit of this account",
-        ));
-    }
-    let out_total: i64 = tx.output.iter().map(|o| o.value.to_sat() as i64).sum();
-    let fee = (spent.len() == tx.input.len())
-        .then(|| spent.iter().map(|r| r.amount_sats).sum::<i64>() - out_total)
-        .filter(|f| *f >= 0)
-        .map(|f| f as u64);
+    .fetch_optional(&mut *conn)
+    .await?
+    .is_some();
+    drop(conn);
 
-    // Under the log lock from here: the mempool watcher, which would otherwise record this
-    // transaction as an observed withdrawal, waits until ours is appended.
-    let mut db = s.pool.begin().await?;
-    store::lock(&mut db).await?;
-    if let Some(existing) = existing_in(&mut db, &txid).await? {
-        if existing["account_id"] != json!(body.account_id) {
-            return Err(ApiError::conflict(
-                "withdrawal_of_another_account",
-                format!("{txid} was broadcast for another account"),
-            ));
-        }
-        return Ok((StatusCode::OK, axum::Json(existing)));
-    }
     match s.node.send_raw_transaction(tx).await {
         Ok(()) => {}
         Err(Ok(reason)) => {
@@ -118,42 +88,74 @@ pub async fn create(
         Err(Err(e)) => return Err(ApiError::Internal(e)),
     }
 
-    let mut ledger = Ledger::new(
-        s.final_confirmations,
-        None,
-        vec![],
-        json!({"source": "api"}),
-    );
-    let amount = Sats(ours as u64);
-    ledger.broadcast(Withdrawal {
-        account_id: body.account_id,
-        txid: txid.clone(),
-        amount: amount.to_btc_string(),
-        amount_sats: amount.0,
-        fee: fee.map(|f| Sats(f).to_btc_string()),
-        fee_sats: fee,
-        inputs,
-        confirmations: 0,
-        block_hash: None,
-        block_height: None,
-        status: DepositStatus::Mempool,
-        source: "api".into(),
-    });
-    let stored = store::append(&mut db, &ledger.into_events()).await?;
-    projections::apply(&mut db, &stored).await?;
-    db.commit().await?;
-    tracing::info!(%txid, account_id = %body.account_id, amount = %amount.to_btc_string(), "withdrawal broadcast");
-    let data = stored.last().map(|e| e.data.clone()).unwrap_or(Value::Null);
-    Ok((StatusCode::CREATED, axum::Json(data)))
+    let amount = withdrawal.amount;
+    let recorded_now = s
+        .unit_of_work
+        .record(Broadcast {
+            withdrawal,
+            final_confirmations: s.final_confirmations,
+        })
+        .await?;
+    let data = match recorded_now.events.last() {
+        Some(e) => {
+            tracing::info!(%txid, account_id = %body.account_id, amount = %amount.0.to_btc_string(), "withdrawal broadcast");
+            e.data.clone()
+        }
+        // The mempool watcher recorded it first, from the request: the same withdrawal.
+        None => {
+            let existing = recorded(&mut *s.pool.acquire().await?, txid)
+                .await?
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("withdrawal {txid} vanished")))?;
+            same_account(existing, body.account_id, txid)?.0
+        }
+    };
+    let status = if first {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(data)))
 }
 
-/// The withdrawal's state: the data of the last event of its stream.
-async fn existing_in(conn: &mut sqlx::PgConnection, txid: &str) -> Result<Option<Value>, ApiError> {
-    let stream = crate::domain::events::withdrawal_stream(txid);
-    Ok(sqlx::query_scalar!(
+/// The recorded withdrawal's state for this account; 409 if another account's.
+fn same_account(existing: Value, account: Uuid, txid: Txid) -> Result<axum::Json<Value>, ApiError> {
+    if existing["account_id"] != json!(account) {
+        return Err(ApiError::conflict(
+            "withdrawal_of_another_account",
+            format!("{txid} was broadcast for another account"),
+        ));
+    }
+    Ok(axum::Json(existing))
+}
+
+/// The withdrawal's state as recorded: the data of the last event of its stream.
+async fn recorded(conn: &mut PgConnection, txid: Txid) -> Result<Option<Value>, sqlx::Error> {
+    let stream = StreamName::withdrawal(txid);
+    sqlx::query_scalar!(
         "SELECT data FROM events WHERE stream = $1 ORDER BY stream_version DESC LIMIT 1",
-        stream
+        stream.as_str()
     )
     .fetch_optional(&mut *conn)
-    .await?)
+    .await
+}
+
+/// A withdrawal broadcast by the API, recorded unless it is already.
+struct Broadcast {
+    withdrawal: Withdrawal,
+    final_confirmations: u32,
+}
+
+impl Observation for Broadcast {
+    type State = LedgerState;
+    type Outcome = ();
+
+    async fn load(&mut self, conn: &mut PgConnection) -> Result<LedgerState, RecordError> {
+        Ok(read::ledger_state(conn, &[], &[], &[self.withdrawal.txid]).await?)
+    }
+
+    fn decide(self, state: LedgerState) -> Result<Decision<()>, RecordError> {
+        let mut ledger = Ledger::new(self.final_confirmations, state, json!({"source": "api"}));
+        ledger.broadcast(self.withdrawal);
+        Ok(Decision::new(ledger.into_events(), ()))
+    }
 }

@@ -1,17 +1,18 @@
 //! Projections: the read models of `projections/*.sql`, folded from events by [`apply`]
-//! inside the transaction that appended them, so they never lag or lead the log. Folding
-//! is pure (events → row changes, [`fold`]) and the writes are a handful of set-based
-//! statements per batch, never one per event. Replaying the whole log through [`apply`]
-//! rebuilds every table to the same rows.
+//! inside the transaction that appended them (the unit of work's), so they never lag or
+//! lead the log. Folding is pure (typed events → row changes, [`fold`]) and the writes
+//! ([`write`]) are a handful of set-based statements per batch, never one per event.
+//! Replaying the whole log through [`apply`] rebuilds every table to the same rows.
 
 pub mod cursors;
 mod fold;
 pub mod read;
 pub mod rebuild;
+mod write;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::store::StoredEvent;
+use crate::domain::stream::{EventAt, Position};
 
 pub use fold::{fold, Changes};
 
@@ -109,19 +110,18 @@ pub async fn ensure_tables(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Folds `events` (contiguous, in position order) into every projection.
-pub async fn apply(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+pub async fn apply(conn: &mut PgConnection, events: &[EventAt<'_>]) -> Result<(), sqlx::Error> {
     let Some(last) = events.last() else {
         return Ok(());
     };
-    let changes =
-        fold(events).map_err(|e| sqlx::Error::Protocol(format!("cannot fold event: {e}")))?;
-    fold::write(conn, &changes).await?;
+    let changes = fold(events.iter().copied());
+    write::write(conn, &changes).await?;
     let names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
     sqlx::query!(
         "INSERT INTO projection_checkpoints (name, position) SELECT UNNEST($1::text[]), $2
          ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
         &names,
-        last.position
+        last.position.0
     )
     .execute(&mut *conn)
     .await?;
@@ -129,9 +129,9 @@ pub async fn apply(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<()
 }
 
 /// The position every projection has folded up to (0 before the first event).
-pub async fn checkpoint(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+pub async fn checkpoint(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
     let p = sqlx::query_scalar!("SELECT min(position) FROM projection_checkpoints")
         .fetch_one(&mut *conn)
         .await?;
-    Ok(p.unwrap_or(0))
+    Ok(Position(p.unwrap_or(0)))
 }

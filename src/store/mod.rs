@@ -1,7 +1,9 @@
-//! The event log. [`append`] is the only way events enter it: a batch (all events of one
-//! observation) in three statements, whatever its size. Positions come from `log_head`,
-//! whose row lock the appending transaction holds until it commits, so positions are
-//! gapless and in commit order and a reader of `position > cursor` never skips one.
+//! The event log. [`append`] is how events enter it — called only by the unit of work
+//! ([`crate::unit_of_work`]), which holds the append lock from before it reads until it
+//! commits: a batch (all events of one observation) in three statements, whatever its
+//! size. Positions come from `log_head`, whose row lock the appending transaction holds
+//! until it commits, so positions are gapless and in commit order and a reader of
+//! `position > cursor` never skips one.
 
 pub mod hash;
 pub mod notify;
@@ -12,16 +14,18 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::events::{self, NewEvent};
+use crate::domain::events::{Event, EventType, SCHEMA_VERSION};
+use crate::domain::stream::{event_id, NewEvent, Position, StreamName};
 
-/// An event as the log holds it. Serialises as the public envelope.
+/// An event as the log holds it. Serialises as the public envelope; `data` is the JSON
+/// the log holds, so the envelope is what it always was.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredEvent {
-    pub position: i64,
+    pub position: Position,
     pub id: Uuid,
     #[serde(rename = "type")]
-    pub kind: String,
-    pub stream: String,
+    pub kind: EventType,
+    pub stream: StreamName,
     pub stream_version: i32,
     pub recorded_at: DateTime<Utc>,
     pub data: Value,
@@ -33,6 +37,27 @@ pub struct StoredEvent {
     pub prev_hash: Vec<u8>,
     #[serde(skip)]
     pub hash: Vec<u8>,
+}
+
+/// A stored event whose data does not fit its type: a log written by something else.
+#[derive(Debug, thiserror::Error)]
+#[error("position {position} ({kind}): the data does not fit the type: {source}")]
+pub struct MalformedEvent {
+    pub position: Position,
+    pub kind: EventType,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl StoredEvent {
+    /// The typed event.
+    pub fn event(&self) -> Result<Event, MalformedEvent> {
+        Event::from_data(self.kind, &self.data).map_err(|source| MalformedEvent {
+            position: self.position,
+            kind: self.kind,
+            source,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +74,8 @@ pub enum AppendError {
 pub const CHANNEL: &str = "chainledger_events";
 
 /// Appends `batch` inside the caller's transaction and returns the stored events. Nothing
-/// is visible to readers until the caller commits; the caller folds the returned events
-/// into the projections in the same transaction.
+/// is visible to readers until the caller commits; the caller folds the events into the
+/// projections in the same transaction.
 pub async fn append(
     conn: &mut PgConnection,
     batch: &[NewEvent],
@@ -60,7 +85,8 @@ pub async fn append(
     }
     let started = std::time::Instant::now();
     let n = batch.len() as i64;
-    // Takes the row lock that serialises appenders until our commit.
+    // Takes the row lock that serialises appenders until our commit (the unit of work
+    // holds it already).
     let head = sqlx::query!(
         "UPDATE log_head SET position = position + $1 RETURNING position, hash",
         n
@@ -75,18 +101,20 @@ pub async fn append(
     let mut stored = Vec::with_capacity(batch.len());
     for (i, e) in batch.iter().enumerate() {
         let version = e.stream_version();
-        let id = events::event_id(&e.stream, version);
-        let position = first + i as i64;
+        let id = event_id(&e.stream, version);
+        let position = Position(first + i as i64);
+        let kind = e.event.kind();
+        let data = e.event.to_data();
         let hash = hash::event_hash(
             &prev_hash,
             &hash::Hashed {
-                position,
+                position: position.0,
                 id,
-                stream: &e.stream,
+                stream: e.stream.as_str(),
                 stream_version: version,
-                kind: e.kind,
-                schema_version: events::SCHEMA_VERSION,
-                data: &e.data,
+                kind: kind.as_str(),
+                schema_version: SCHEMA_VERSION,
+                data: &data,
                 metadata: &e.metadata,
                 recorded_at,
             },
@@ -94,12 +122,12 @@ pub async fn append(
         stored.push(StoredEvent {
             position,
             id,
-            kind: e.kind.to_string(),
+            kind,
             stream: e.stream.clone(),
             stream_version: version,
             recorded_at,
-            data: e.data.clone(),
-            schema_version: events::SCHEMA_VERSION,
+            data,
+            schema_version: SCHEMA_VERSION,
             metadata: e.metadata.clone(),
             prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
             hash,
@@ -122,15 +150,15 @@ pub async fn append(
            SELECT pg_notify($13, $14)"#,
         &cols.position,
         &cols.id,
-        &cols.stream,
+        &cols.stream as &[&str],
         &cols.version,
-        &cols.kind,
+        &cols.kind as &[&str],
         &cols.schema_version,
-        &cols.data,
-        &cols.metadata,
+        &cols.data as &[&Value],
+        &cols.metadata as &[&Value],
         &cols.recorded_at,
-        &cols.prev_hash,
-        &cols.hash,
+        &cols.prev_hash as &[&[u8]],
+        &cols.hash as &[&[u8]],
         &last.hash,
         CHANNEL,
         last.position.to_string(),
@@ -138,7 +166,7 @@ pub async fn append(
     .execute(&mut *conn)
     .await
     .map_err(conflict_or_database)?;
-    crate::metrics::record_append(stored.len(), last.position, started.elapsed());
+    crate::metrics::record_append(stored.len(), last.position.0, started.elapsed());
     Ok(stored)
 }
 
@@ -148,11 +176,11 @@ async fn check_expected_versions(
     conn: &mut PgConnection,
     batch: &[NewEvent],
 ) -> Result<(), AppendError> {
-    let mut streams: Vec<String> = Vec::new();
+    let mut streams: Vec<&str> = Vec::new();
     let mut expected: Vec<i32> = Vec::new();
     for e in batch {
-        if !streams.contains(&e.stream) {
-            streams.push(e.stream.clone());
+        if !streams.contains(&e.stream.as_str()) {
+            streams.push(e.stream.as_str());
             expected.push(e.expected_version.unwrap_or(-1));
         }
     }
@@ -162,7 +190,7 @@ async fn check_expected_versions(
            LEFT JOIN LATERAL (SELECT max(stream_version) AS v FROM events WHERE events.stream = s.stream) cur ON true
            WHERE coalesce(cur.v, -1) <> s.expected
            LIMIT 1"#,
-        &streams,
+        &streams as &[&str],
         &expected
     )
     .fetch_optional(&mut *conn)
@@ -185,34 +213,34 @@ fn conflict_or_database(e: sqlx::Error) -> AppendError {
 }
 
 /// The batch as one array per column, for UNNEST.
-struct Columns {
+struct Columns<'a> {
     position: Vec<i64>,
     id: Vec<Uuid>,
-    stream: Vec<String>,
+    stream: Vec<&'a str>,
     version: Vec<i32>,
-    kind: Vec<String>,
+    kind: Vec<&'static str>,
     schema_version: Vec<i16>,
-    data: Vec<Value>,
-    metadata: Vec<Value>,
+    data: Vec<&'a Value>,
+    metadata: Vec<&'a Value>,
     recorded_at: Vec<DateTime<Utc>>,
-    prev_hash: Vec<Vec<u8>>,
-    hash: Vec<Vec<u8>>,
+    prev_hash: Vec<&'a [u8]>,
+    hash: Vec<&'a [u8]>,
 }
 
-impl Columns {
-    fn of(events: &[StoredEvent]) -> Self {
+impl<'a> Columns<'a> {
+    fn of(events: &'a [StoredEvent]) -> Self {
         Columns {
-            position: events.iter().map(|e| e.position).collect(),
+            position: events.iter().map(|e| e.position.0).collect(),
             id: events.iter().map(|e| e.id).collect(),
-            stream: events.iter().map(|e| e.stream.clone()).collect(),
+            stream: events.iter().map(|e| e.stream.as_str()).collect(),
             version: events.iter().map(|e| e.stream_version).collect(),
-            kind: events.iter().map(|e| e.kind.clone()).collect(),
+            kind: events.iter().map(|e| e.kind.as_str()).collect(),
             schema_version: events.iter().map(|e| e.schema_version).collect(),
-            data: events.iter().map(|e| e.data.clone()).collect(),
-            metadata: events.iter().map(|e| e.metadata.clone()).collect(),
+            data: events.iter().map(|e| &e.data).collect(),
+            metadata: events.iter().map(|e| &e.metadata).collect(),
             recorded_at: events.iter().map(|e| e.recorded_at).collect(),
-            prev_hash: events.iter().map(|e| e.prev_hash.clone()).collect(),
-            hash: events.iter().map(|e| e.hash.clone()).collect(),
+            prev_hash: events.iter().map(|e| e.prev_hash.as_slice()).collect(),
+            hash: events.iter().map(|e| e.hash.as_slice()).collect(),
         }
     }
 }
@@ -221,7 +249,7 @@ impl Columns {
 /// exact names) filters by type.
 pub async fn read_after<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    after: i64,
+    after: Position,
     limit: i64,
     types: Option<&[String]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
@@ -231,16 +259,17 @@ pub async fn read_after<'c>(
 /// Every event in (after, to], streamed by one query (a rebuild's read).
 pub fn read_range<'c>(
     conn: &'c mut PgConnection,
-    after: i64,
-    to: i64,
+    after: Position,
+    to: Position,
 ) -> impl futures::Stream<Item = Result<StoredEvent, sqlx::Error>> + 'c {
     sqlx::query_as!(
         StoredEvent,
-        r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
+        r#"SELECT position AS "position: Position", event_id AS id, type AS "kind: EventType",
+                  stream AS "stream: StreamName", stream_version, recorded_at,
                   data, schema_version, metadata, prev_hash, hash
            FROM events WHERE position > $1 AND position <= $2 ORDER BY position"#,
-        after,
-        to
+        after.0,
+        to.0
     )
     .fetch(conn)
 }
@@ -248,7 +277,7 @@ pub fn read_range<'c>(
 /// [`read_after`], also filtered to the events whose data names `account` and `address`.
 pub async fn read_matching<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    after: i64,
+    after: Position,
     limit: i64,
     types: Option<&[String]>,
     account: Option<Uuid>,
@@ -272,7 +301,7 @@ pub async fn read_matching<'c>(
 /// with `unowned` also those naming no account (the chain's: what a Bitcart wallet sees).
 pub async fn read_for_accounts<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    after: i64,
+    after: Position,
     limit: i64,
     types: Option<&[String]>,
     accounts: Option<&[Uuid]>,
@@ -281,7 +310,8 @@ pub async fn read_for_accounts<'c>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as!(
         StoredEvent,
-        r#"SELECT position, event_id AS id, type AS kind, stream, stream_version, recorded_at,
+        r#"SELECT position AS "position: Position", event_id AS id, type AS "kind: EventType",
+                  stream AS "stream: StreamName", stream_version, recorded_at,
                   data, schema_version, metadata, prev_hash, hash
            FROM events
            WHERE position > $1 AND ($2::text[] IS NULL OR type = ANY($2))
@@ -290,7 +320,7 @@ pub async fn read_for_accounts<'c>(
              AND ($6::text IS NULL OR data->>'address' = $6)
            ORDER BY position
            LIMIT $3"#,
-        after,
+        after.0,
         types as Option<&[String]>,
         limit,
         accounts as Option<&[Uuid]>,
@@ -302,17 +332,19 @@ pub async fn read_for_accounts<'c>(
 }
 
 /// The last committed position (0 for an empty log).
-pub async fn head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!("SELECT position FROM log_head")
+pub async fn head<'c>(conn: impl sqlx::PgExecutor<'c>) -> Result<Position, sqlx::Error> {
+    let p = sqlx::query_scalar!("SELECT position FROM log_head")
         .fetch_one(conn)
-        .await
+        .await?;
+    Ok(Position(p))
 }
 
 /// Takes the append lock now rather than at [`append`]: a transaction that must decide
-/// on everything committed before it (the follower matching outputs against watched
-/// addresses) locks first, then reads, then appends.
-pub async fn lock(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!("SELECT position FROM log_head FOR UPDATE")
+/// on everything committed before it locks first, then reads, then appends. The unit of
+/// work's first step.
+pub(crate) async fn lock(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    let p = sqlx::query_scalar!("SELECT position FROM log_head FOR UPDATE")
         .fetch_one(&mut *conn)
-        .await
+        .await?;
+    Ok(Position(p))
 }

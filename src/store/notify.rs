@@ -8,10 +8,12 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::domain::stream::Position;
+
 /// The last committed position this process has heard of.
 #[derive(Clone)]
 pub struct LogWatch {
-    rx: watch::Receiver<i64>,
+    rx: watch::Receiver<Position>,
 }
 
 impl LogWatch {
@@ -34,12 +36,12 @@ impl LogWatch {
     }
 
     /// The head as last heard, to wait on changes.
-    pub fn receiver(&self) -> watch::Receiver<i64> {
+    pub fn receiver(&self) -> watch::Receiver<Position> {
         self.rx.clone()
     }
 
     /// Waits until the log's head passes `after` or `timeout` elapses; true if it passed.
-    pub async fn wait_past(&self, after: i64, timeout: Duration) -> bool {
+    pub async fn wait_past(&self, after: Position, timeout: Duration) -> bool {
         let mut rx = self.rx.clone();
         tokio::time::timeout(timeout, rx.wait_for(|head| *head > after))
             .await
@@ -47,14 +49,14 @@ impl LogWatch {
     }
 }
 
-async fn listen(pool: &PgPool, tx: &watch::Sender<i64>) -> Result<(), sqlx::Error> {
+async fn listen(pool: &PgPool, tx: &watch::Sender<Position>) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(super::CHANNEL).await?;
     // Appends that committed while we were (re)connecting.
     tx.send_replace(super::head(pool).await?);
     loop {
         let n = listener.recv().await?;
-        if let Ok(position) = n.payload().parse::<i64>() {
+        if let Ok(position) = n.payload().parse::<i64>().map(Position) {
             tx.send_if_modified(|head| {
                 let newer = position > *head;
                 if newer {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod rpc_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -196,6 +197,16 @@ impl Node {
         let vout = self.vout_paying(&txid, &address.to_string());
         let spk = hex::encode(address.script_pubkey().as_bytes());
         ((txid, vout, btc, spk), key.to_wif())
+    }
+
+    /// Sends the node's process a signal (`STOP`: it hangs, connections open; `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("bitcoind.pid")).unwrap();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.trim().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
     }
 
     pub fn call<T: serde::de::DeserializeOwned>(&self, method: &str, params: &[Value]) -> T {

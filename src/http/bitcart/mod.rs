@@ -9,14 +9,12 @@
 //! what follows it and moves it, a websocket moves it once the client's pong to a ping sent
 //! after the frames shows they were read, and a reconnecting client resumes from it. A wallet is an xpub: the accounts whose descriptor has that key.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -26,7 +24,12 @@ use uuid::Uuid;
 use super::AppState;
 use crate::compat::bitcart::{self as mapping, Page};
 use crate::domain::descriptor::AccountDescriptor;
-use crate::store;
+use crate::domain::events::Event;
+use crate::domain::stream::{EventAt, Position};
+use crate::store::{self, StoredEvent};
+
+mod ws;
+pub use ws::ws;
 
 /// Events read per page; a page's updates are capped at [`MAX_UPDATES`] (the daemon drops
 /// past 100 per poll; here the next poll continues where this one stopped).
@@ -289,7 +292,11 @@ fn xpubs_of(s: &AppState, descriptor: &str) -> Vec<String> {
 /// The client's position for `wallet`, starting at the log's head on first contact; the
 /// row stays locked until the caller's transaction ends, so two polls of one cursor take
 /// turns instead of both returning the same updates.
-async fn claim_cursor(conn: &mut PgConnection, client: &str, wallet: &str) -> sqlx::Result<i64> {
+async fn claim_cursor(
+    conn: &mut PgConnection,
+    client: &str,
+    wallet: &str,
+) -> sqlx::Result<Position> {
     sqlx::query!(
         "INSERT INTO bitcart_cursors (client, wallet, position)
          SELECT $1, $2, position FROM log_head ON CONFLICT DO NOTHING",
@@ -305,6 +312,7 @@ async fn claim_cursor(conn: &mut PgConnection, client: &str, wallet: &str) -> sq
     )
     .fetch_one(&mut *conn)
     .await
+    .map(Position)
 }
 
 /// Never moves a cursor back: two websockets of one client and wallet each advance it.
@@ -312,14 +320,14 @@ async fn advance<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     client: &str,
     wallet: &str,
-    to: i64,
+    to: Position,
 ) -> sqlx::Result<()> {
     sqlx::query!(
         "UPDATE bitcart_cursors SET position = GREATEST(position, $3), updated_at = now()
          WHERE client = $1 AND wallet = $2",
         client,
         wallet,
-        to
+        to.0
     )
     .execute(conn)
     .await?;
@@ -330,14 +338,46 @@ async fn advance<'c>(
 /// wallets and the log's head when nothing more matched), and whether more are waiting.
 struct Batch {
     page: Page,
-    through: i64,
+    through: Position,
     more: bool,
 }
 
-async fn next_batch(conn: &mut PgConnection, wallet: &Wallet, cursor: i64) -> sqlx::Result<Batch> {
+/// The events parsed, each with its place; one whose data does not fit its type is
+/// passed over (and logged).
+fn typed(events: &[StoredEvent]) -> Vec<(Place, Event)> {
+    events
+        .iter()
+        .filter_map(|e| match e.event() {
+            Ok(typed) => Some((Place(e.position, e.stream_version), typed)),
+            Err(err) => {
+                tracing::error!(error = %err, "bitcart: event passed over");
+                None
+            }
+        })
+        .collect()
+}
+
+/// An event's position and stream version.
+struct Place(Position, i32);
+
+impl Place {
+    fn with<'a>(&self, event: &'a Event) -> EventAt<'a> {
+        EventAt {
+            position: self.0,
+            stream_version: self.1,
+            event,
+        }
+    }
+}
+
+async fn next_batch(
+    conn: &mut PgConnection,
+    wallet: &Wallet,
+    cursor: Position,
+) -> sqlx::Result<Batch> {
     let types: Vec<String> = mapping::SOURCE_TYPES
         .iter()
-        .map(|t| t.to_string())
+        .map(|t| t.as_str().to_string())
         .collect();
     // Every event at or below this head is visible to the read that follows.
     let head = store::head(&mut *conn).await?;
@@ -351,7 +391,11 @@ async fn next_batch(conn: &mut PgConnection, wallet: &Wallet, cursor: i64) -> sq
         None,
     )
     .await?;
-    let page = mapping::page(&events, MAX_UPDATES);
+    let typed = typed(&events);
+    let page = mapping::page(
+        &typed.iter().map(|(at, e)| at.with(e)).collect::<Vec<_>>(),
+        MAX_UPDATES,
+    );
     let more = !page.complete || events.len() as i64 == READ_LIMIT;
     let through = if more {
         page.through.unwrap_or(cursor)
@@ -376,236 +420,4 @@ async fn get_updates(s: &AppState, client: &str, xpub: Option<String>) -> Result
     tx.commit().await?;
     let updates = batch.page.updates.into_iter().map(|u| u.body).collect();
     Ok(Value::Array(updates))
-}
-
-/// `GET /bitcart/ws`: Basic auth on the upgrade (a refusal is a 401 with a JSON-RPC body:
-/// a websocket handshake cannot answer 200).
-pub async fn ws(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let Some(client) = s.bitcart_auth.check(&headers).map(str::to_string) else {
-        let body = json!({"jsonrpc": "2.0", "id": null,
-                          "error": {"code": UNAUTHORIZED.code, "message": "Unauthorized"}});
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"bitcart\"")],
-            axum::Json(body),
-        )
-            .into_response();
-    };
-    upgrade.on_upgrade(move |socket| async move {
-        if let Err(e) = serve_socket(s, client, socket).await {
-            tracing::info!(error = %e, "bitcart websocket ended");
-        }
-    })
-}
-
-/// What a client's message asks for.
-enum Control {
-    /// `{"xpub": …}`: serve this wallet (None: every wallet) from now on.
-    Wallet(Option<String>),
-    Ignore,
-    Closed,
-}
-
-fn control(msg: Option<Result<Message, axum::Error>>) -> Control {
-    match msg {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Control::Closed,
-        Some(Ok(Message::Text(text))) => match serde_json::from_str::<Value>(text.as_str()) {
-            Ok(v) if v.get("xpub").is_some() => match xpub_param(&v) {
-                Ok(xpub) => Control::Wallet(xpub),
-                Err(_) => Control::Ignore,
-            },
-            _ => Control::Ignore,
-        },
-        Some(Ok(_)) => Control::Ignore,
-    }
-}
-
-/// One client's websocket: frames of updates from its cursor on, then each new one as it
-/// commits (woken by the log's NOTIFY), until it closes or the service shuts down.
-async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> anyhow::Result<()> {
-    // A coin object names its wallet first thing; waiting briefly for that keeps it from
-    // being sent (and moving the cursor of) every wallet's events in the meantime.
-    let mut xpub = match tokio::time::timeout(WALLET_GRACE, socket.recv()).await {
-        Err(_) => None,
-        Ok(msg) => match control(msg) {
-            Control::Closed => return Ok(()),
-            Control::Wallet(xpub) => xpub,
-            Control::Ignore => None,
-        },
-    };
-    let mut shutdown = s.shutdown.clone();
-    'wallet: loop {
-        let wallet = match Wallet::resolve(&s, xpub.take()).await {
-            Ok(w) => w,
-            Err(e) if e.code.code == UNKNOWN_WALLET.code => {
-                return close(socket, close_code::POLICY, &e.message).await
-            }
-            Err(e) => return close(socket, close_code::ERROR, &e.message).await,
-        };
-        let key = wallet.key().to_string();
-        let mut cursor = claim_cursor(&mut *s.pool.acquire().await?, &client, &key).await?;
-        let mut labels: HashMap<Uuid, Option<String>> = HashMap::new();
-        loop {
-            if *shutdown.borrow() {
-                return close(socket, close_code::AWAY, "the service is shutting down").await;
-            }
-            // The connection goes back before sending: a slow client must not hold one.
-            let mut conn = s.pool.acquire().await?;
-            let batch = next_batch(&mut conn, &wallet, cursor).await?;
-            let frames = match &wallet {
-                Wallet::Xpub { xpub, .. } => {
-                    mapping::frames(batch.page.updates, |_| Some(xpub.clone()))
-                }
-                Wallet::All => {
-                    label_accounts(&s, &mut conn, &batch.page, &mut labels).await?;
-                    mapping::frames(batch.page.updates, |a| labels.get(&a).cloned().flatten())
-                }
-            };
-            drop(conn);
-            let mut sent_through = None;
-            for frame in frames {
-                let text = frame.to_json().to_string();
-                socket.send(Message::Text(text.into())).await?;
-                sent_through = Some(frame.through);
-            }
-            // The cursor moves once the client's websocket has read the frames: its pong
-            // to a ping sent after them. A connection that dies with frames in flight
-            // leaves the cursor before them, so the reconnecting client gets them again.
-            if let Some(through) = sent_through {
-                match confirm(&mut socket).await? {
-                    Confirmed::Yes(pending) => {
-                        advance(&s.pool, &client, &key, through).await?;
-                        cursor = through;
-                        if let Some(named) = pending {
-                            xpub = named;
-                            continue 'wallet;
-                        }
-                    }
-                    Confirmed::Closed => return Ok(()),
-                    Confirmed::TimedOut => {
-                        return close(
-                            socket,
-                            close_code::AWAY,
-                            "no pong: the frames are sent again on reconnect",
-                        )
-                        .await
-                    }
-                }
-            }
-            // Past events of other wallets, or with no update, up to the head.
-            if batch.through > cursor {
-                advance(&s.pool, &client, &key, batch.through).await?;
-                cursor = batch.through;
-            }
-            if batch.more {
-                continue;
-            }
-            tokio::select! {
-                woken = s.log.wait_past(cursor, KEEP_ALIVE) => {
-                    if !woken {
-                        socket.send(Message::Ping(Bytes::new())).await?;
-                    }
-                }
-                msg = socket.recv() => match control(msg) {
-                    Control::Closed => return Ok(()),
-                    Control::Wallet(named) => {
-                        xpub = named;
-                        continue 'wallet;
-                    }
-                    Control::Ignore => {}
-                },
-                _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {}
-            }
-        }
-    }
-}
-
-/// How long a client may take to answer the ping that confirms its frames.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum Confirmed {
-    /// The client read the frames; and a wallet it named meanwhile (`Some(None)`: all).
-    Yes(Option<Option<String>>),
-    Closed,
-    TimedOut,
-}
-
-/// Sends a ping and waits for its pong (websocket clients answer pings by themselves, the
-/// SDK's aiohttp included): frames are read in order, so the pong means every frame sent
-/// before the ping was read.
-async fn confirm(socket: &mut WebSocket) -> anyhow::Result<Confirmed> {
-    let token = Bytes::from(Uuid::new_v4().as_bytes().to_vec());
-    socket.send(Message::Ping(token.clone())).await?;
-    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-    let mut named = None;
-    loop {
-        let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
-            Err(_) => return Ok(Confirmed::TimedOut),
-            Ok(msg) => msg,
-        };
-        match msg {
-            Some(Ok(Message::Pong(payload))) if payload == token => {
-                return Ok(Confirmed::Yes(named))
-            }
-            Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {}
-            other => match control(other) {
-                Control::Closed => return Ok(Confirmed::Closed),
-                Control::Wallet(xpub) => named = Some(xpub),
-                Control::Ignore => {}
-            },
-        }
-    }
-}
-
-/// Names the wallet (the account's first xpub, None without one) of every account in
-/// `page` not named yet; account keys never change, so the names are kept.
-async fn label_accounts(
-    s: &AppState,
-    conn: &mut PgConnection,
-    page: &Page,
-    labels: &mut HashMap<Uuid, Option<String>>,
-) -> sqlx::Result<()> {
-    let mut missing: Vec<Uuid> = page
-        .updates
-        .iter()
-        .filter_map(|u| u.account)
-        .filter(|a| !labels.contains_key(a))
-        .collect();
-    missing.sort();
-    missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let rows = sqlx::query!(
-        "SELECT account_id, descriptor FROM accounts WHERE account_id = ANY($1)",
-        &missing
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in rows {
-        let first = r
-            .descriptor
-            .and_then(|d| xpubs_of(s, &d).into_iter().next());
-        labels.insert(r.account_id, first);
-    }
-    Ok(())
-}
-
-async fn close(mut socket: WebSocket, code: u16, reason: &str) -> anyhow::Result<()> {
-    // A close reason is at most 123 bytes.
-    let mut reason = reason.to_string();
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await?;
-    Ok(())
 }

@@ -11,17 +11,25 @@
 //!    balance check failed — the live tables are replaced by the rebuilt ones. Appenders
 //!    wait for that transaction and then write to the new tables.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+mod compare;
+mod meter;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures::StreamExt;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::cursors::{self, CursorState, JournalRow};
 use super::{Definition, Source};
-use crate::store::{self, StoredEvent};
-use futures::StreamExt;
+use crate::domain::events::Event;
+use crate::domain::stream::{EventAt, Position};
+use crate::store::{self, MalformedEvent, StoredEvent};
+pub use compare::TableDiff;
+use compare::{check_balances, diff};
+use meter::Meter;
+pub use meter::Progress;
 
 /// Serialises rebuilds: the service's start-up check and the operator's tool.
 pub const STARTUP_LOCK: i64 = 0x6368_6169_6e72_6562; // "chainreb"
@@ -35,40 +43,6 @@ pub enum Mode {
     Swap,
     /// Report differences only.
     VerifyOnly,
-}
-
-/// How progress is shown: a bar on a terminal, log lines otherwise.
-pub enum Progress {
-    Bar,
-    Log,
-}
-
-impl Progress {
-    pub fn for_stderr() -> Progress {
-        if std::io::stderr().is_terminal() {
-            Progress::Bar
-        } else {
-            Progress::Log
-        }
-    }
-}
-
-/// A live table compared with its rebuilt twin.
-#[derive(Debug)]
-pub struct TableDiff {
-    pub table: &'static str,
-    /// `None` when the live table is missing.
-    pub live_digest: Option<String>,
-    pub rebuilt_digest: String,
-    /// Keys of rows that differ (present on one side only, or different), the first few.
-    pub keys: Vec<String>,
-    pub more: bool,
-}
-
-impl TableDiff {
-    pub fn identical(&self) -> bool {
-        self.live_digest.as_deref() == Some(self.rebuilt_digest.as_str())
-    }
 }
 
 #[derive(Debug, Default)]
@@ -183,11 +157,11 @@ async fn rebuild_on(
     } else {
         0
     };
-    let total = if from_log { head as u64 } else { 0 } + journal as u64;
+    let total = if from_log { head.0 as u64 } else { 0 } + journal as u64;
     let meter = Meter::new(progress, total);
     if from_log {
         report.replayed += replay_log_pipelined(pool, conn, head, &meter).await?;
-        let (mismatches, accounts) = check_balances(conn, head).await?;
+        let (mismatches, accounts) = check_balances(conn, head.0).await?;
         report.balance_mismatches = mismatches;
         report.balance_accounts = accounts;
     }
@@ -203,7 +177,7 @@ async fn rebuild_on(
             let mut caught_up = 0;
             let mut position = head;
             if from_log {
-                position = store::lock(&mut tx).await?;
+                position = crate::unit_of_work::fence_writers(&mut tx).await?;
                 caught_up += replay_log(&mut tx, head, position, &Meter::silent()).await?;
             }
             if from_journal {
@@ -240,7 +214,7 @@ async fn rebuild_on(
             Err(e) => return Err(e),
         };
         report.replayed += caught_up;
-        report.position = position;
+        report.position = position.0;
         report.tables = tables;
         if mode == Mode::VerifyOnly || !report.balance_mismatches.is_empty() {
             tx.rollback().await?;
@@ -282,7 +256,7 @@ fn is_deadlock(e: &anyhow::Error) -> bool {
 async fn replay_log_pipelined(
     pool: &PgPool,
     conn: &mut PgConnection,
-    to: i64,
+    to: Position,
     meter: &Meter,
 ) -> anyhow::Result<u64> {
     let (pages, mut received) =
@@ -293,7 +267,7 @@ async fn replay_log_pipelined(
             Ok(c) => c,
             Err(e) => return drop(pages.send(Err(e)).await),
         };
-        let mut rows = std::pin::pin!(store::read_range(&mut read_conn, 0, to));
+        let mut rows = std::pin::pin!(store::read_range(&mut read_conn, Position::START, to));
         let mut page = Vec::with_capacity(PAGE as usize);
         while let Some(row) = rows.next().await {
             match row {
@@ -316,7 +290,7 @@ async fn replay_log_pipelined(
     while let Some(page) = received.recv().await {
         let page = page?;
         let mut tx = conn.begin().await?;
-        super::apply(&mut tx, &page).await?;
+        fold_page(&mut tx, &page).await?;
         tx.commit().await?;
         n += page.len() as u64;
         meter.add(page.len() as u64);
@@ -325,20 +299,40 @@ async fn replay_log_pipelined(
     Ok(n)
 }
 
+/// Folds a page of stored events: typed first (an event whose data does not fit its type
+/// stops the rebuild, naming its position), then through the live code.
+async fn fold_page(conn: &mut PgConnection, page: &[StoredEvent]) -> anyhow::Result<()> {
+    let typed: Vec<Event> = page
+        .iter()
+        .map(StoredEvent::event)
+        .collect::<Result<_, MalformedEvent>>()?;
+    let at: Vec<EventAt<'_>> = page
+        .iter()
+        .zip(&typed)
+        .map(|(e, event)| EventAt {
+            position: e.position,
+            stream_version: e.stream_version,
+            event,
+        })
+        .collect();
+    super::apply(conn, &at).await?;
+    Ok(())
+}
+
 /// Folds events in (after, to] into the tables `search_path` finds first.
 async fn replay_log(
     conn: &mut PgConnection,
-    mut after: i64,
-    to: i64,
+    mut after: Position,
+    to: Position,
     meter: &Meter,
 ) -> anyhow::Result<u64> {
     let mut n = 0;
     while after < to {
-        let page = store::read_after(&mut *conn, after, PAGE.min(to - after), None).await?;
+        let page = store::read_after(&mut *conn, after, PAGE.min(to.0 - after.0), None).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         let mut tx = conn.begin().await?;
-        super::apply(&mut tx, &page).await?;
+        fold_page(&mut tx, &page).await?;
         tx.commit().await?;
         n += page.len() as u64;
         meter.add(page.len() as u64);
@@ -433,187 +427,4 @@ async fn catch_up_journal(conn: &mut PgConnection) -> anyhow::Result<u64> {
     }
     cursors::write(&mut *conn, states.values()).await?;
     Ok(rows.len() as u64)
-}
-
-/// Rebuilt balances (at `position`) against an independent aggregate over the log: for
-/// each deposit and withdrawal stream its last event's state, summed per account by the
-/// documented rules (withdrawals not dropped or replaced debit `credited`).
-async fn check_balances(
-    conn: &mut PgConnection,
-    position: i64,
-) -> anyhow::Result<(Vec<String>, i64)> {
-    let rows: Vec<(Uuid, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&format!(
-        r#"WITH last AS (
-               SELECT DISTINCT ON (stream) data FROM public.events
-               WHERE position <= $1 AND stream LIKE 'deposit-%'
-               ORDER BY stream, stream_version DESC),
-           agg_d AS (
-               SELECT (data->>'account_id')::uuid AS account_id,
-                 coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE (data->>'credited')::boolean), 0) AS credited,
-                 coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE NOT (data->>'credited')::boolean
-                     AND (data->>'confirmations')::int >= 1), 0) AS pending,
-                 coalesce(sum((data->>'amount_sats')::bigint) FILTER (WHERE (data->>'confirmations')::int = 0
-                     AND data->>'status' IN ('mempool', 'reorged')), 0) AS unconfirmed
-               FROM last GROUP BY 1),
-           last_w AS (
-               SELECT DISTINCT ON (stream) data FROM public.events
-               WHERE position <= $1 AND stream LIKE 'withdrawal-%'
-               ORDER BY stream, stream_version DESC),
-           agg_w AS (
-               SELECT (data->>'account_id')::uuid AS account_id,
-                 coalesce(sum((data->>'amount_sats')::bigint)
-                     FILTER (WHERE data->>'status' NOT IN ('dropped', 'replaced')), 0) AS spent
-               FROM last_w GROUP BY 1),
-           agg AS (
-               SELECT coalesce(d.account_id, w.account_id) AS account_id,
-                      coalesce(d.credited, 0) - coalesce(w.spent, 0) AS credited,
-                      coalesce(d.pending, 0) AS pending, coalesce(d.unconfirmed, 0) AS unconfirmed
-               FROM agg_d d FULL JOIN agg_w w ON d.account_id = w.account_id)
-           SELECT coalesce(a.account_id, b.account_id),
-                  coalesce(a.credited, 0)::bigint, coalesce(a.pending, 0)::bigint, coalesce(a.unconfirmed, 0)::bigint,
-                  coalesce(b.credited_sats, 0), coalesce(b.pending_sats, 0), coalesce(b.unconfirmed_sats, 0)
-           FROM agg a FULL JOIN {SCHEMA}.balances b ON a.account_id = b.account_id"#
-    ))
-    .bind(position)
-    .fetch_all(&mut *conn)
-    .await?;
-    let accounts = rows.len() as i64;
-    let mismatches = rows
-        .into_iter()
-        .filter(|(_, a, b, c, x, y, z)| (a, b, c) != (x, y, z))
-        .map(|(id, a, b, c, x, y, z)| {
-            format!(
-                "{id}: log says credited/pending/unconfirmed {a}/{b}/{c} sats, rebuilt {x}/{y}/{z}"
-            )
-        })
-        .collect();
-    Ok((mismatches, accounts))
-}
-
-/// Digests of the live and rebuilt table (rows as text, ordered by key) and the keys of
-/// the rows that differ.
-async fn diff(
-    conn: &mut PgConnection,
-    table: &'static str,
-    keys: &[&str],
-) -> anyhow::Result<TableDiff> {
-    let order = keys.join(", ");
-    let digest = |schema: &str| {
-        format!(
-            "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY {order}), '')) FROM {schema}.{table} t"
-        )
-    };
-    let rebuilt_digest: String = sqlx::query_scalar(&digest(SCHEMA))
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists(&mut *conn, "public", table).await? {
-        return Ok(TableDiff {
-            table,
-            live_digest: None,
-            rebuilt_digest,
-            keys: Vec::new(),
-            more: false,
-        });
-    }
-    let live_digest: String = sqlx::query_scalar(&digest("public"))
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut differing = Vec::new();
-    if live_digest != rebuilt_digest {
-        let key_text = keys
-            .iter()
-            .map(|k| format!("coalesce(a.{k}, b.{k})::text"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let join = keys
-            .iter()
-            .map(|k| format!("a.{k} = b.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        differing = sqlx::query_scalar(&format!(
-            "SELECT concat_ws(':', {key_text}) FROM public.{table} a FULL JOIN {SCHEMA}.{table} b ON {join}
-             WHERE a::text IS DISTINCT FROM b::text ORDER BY 1 LIMIT {}",
-            SHOW_KEYS + 1
-        ))
-        .fetch_all(&mut *conn)
-        .await?;
-    }
-    let more = differing.len() > SHOW_KEYS;
-    differing.truncate(SHOW_KEYS);
-    Ok(TableDiff {
-        table,
-        live_digest: Some(live_digest),
-        rebuilt_digest,
-        keys: differing,
-        more,
-    })
-}
-
-/// Progress: an indicatif bar (events replayed, rate, ETA) or a log line every 2 s.
-struct Meter {
-    bar: Option<indicatif::ProgressBar>,
-    log: Option<std::sync::Mutex<(Instant, u64, u64)>>,
-    started: Instant,
-}
-
-impl Meter {
-    fn new(progress: &Progress, total: u64) -> Meter {
-        let started = Instant::now();
-        match progress {
-            Progress::Bar => {
-                let bar = indicatif::ProgressBar::new(total);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} replaying [{bar:40}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                );
-                Meter {
-                    bar: Some(bar),
-                    log: None,
-                    started,
-                }
-            }
-            Progress::Log => Meter {
-                bar: None,
-                log: Some(std::sync::Mutex::new((started, 0, total))),
-                started,
-            },
-        }
-    }
-
-    fn silent() -> Meter {
-        Meter {
-            bar: None,
-            log: None,
-            started: Instant::now(),
-        }
-    }
-
-    fn add(&self, n: u64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(n);
-        }
-        if let Some(log) = &self.log {
-            let mut l = log.lock().expect("meter");
-            l.1 += n;
-            if l.0.elapsed() >= Duration::from_secs(2) {
-                l.0 = Instant::now();
-                let rate = l.1 as f64 / self.started.elapsed().as_secs_f64();
-                tracing::info!(
-                    replayed = l.1,
-                    total = l.2,
-                    rate = rate as u64,
-                    "rebuilding projections"
-                );
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

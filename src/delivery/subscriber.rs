@@ -1,0 +1,104 @@
+//! Who is subscribed and how: a subscriber's format (what goes on the wire) and target
+//! (where), as created (`subscribers` rows are never updated).
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::compat::{cryptoassets, ipn};
+use crate::domain::events::EventType;
+
+/// How a subscriber's events go on the wire (`subscribers.format`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Standard Webhooks: the event envelope as JSON, signed.
+    Standard,
+    /// cryptoassets.core's `txupdate` form ([`cryptoassets`]); only confirmation changes.
+    Cryptoassets,
+    /// Crypto IPN notifications of one address's totals ([`ipn`]), acknowledged by an echo.
+    Ipn { address: String, max_confirms: u32 },
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["standard", "cryptoassets", "ipn"];
+
+    /// The event types this format can deliver (None: all).
+    pub fn types(&self) -> Option<&'static [EventType]> {
+        match self {
+            Format::Standard => None,
+            Format::Cryptoassets => Some(cryptoassets::TYPES),
+            Format::Ipn { .. } => Some(ipn::TYPES),
+        }
+    }
+}
+
+/// Where a subscriber's deliveries go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Url(String),
+    /// A script handler's argv.
+    Command(Vec<String>),
+}
+
+/// A subscriber as created (the `subscribers` row).
+#[derive(Clone)]
+pub struct Subscriber {
+    pub id: Uuid,
+    pub target: Target,
+    pub format: Format,
+    pub types: Option<Vec<String>>,
+    pub account_id: Option<Uuid>,
+    /// Signs Standard Webhooks; an IPN subscriber's `ipn_auth`.
+    pub(super) secret: String,
+}
+
+impl Subscriber {
+    pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<Subscriber>, sqlx::Error> {
+        let row = sqlx::query!(
+            "SELECT url, command, format, address, max_confirms, types, account_id, secret
+             FROM subscribers WHERE subscriber_id = $1",
+            id
+        )
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|r| Subscriber {
+            id,
+            target: match (r.url, r.command) {
+                (Some(url), _) => Target::Url(url),
+                (None, command) => Target::Command(command.unwrap_or_default()),
+            },
+            format: match (r.format.as_str(), r.address, r.max_confirms) {
+                ("ipn", Some(address), Some(m)) => Format::Ipn {
+                    address,
+                    max_confirms: m.max(0) as u32,
+                },
+                ("cryptoassets", _, _) => Format::Cryptoassets,
+                _ => Format::Standard,
+            },
+            types: r.types,
+            account_id: r.account_id,
+            secret: r.secret,
+        }))
+    }
+
+    /// The types read from the log: the subscriber's filter narrowed to its format's.
+    pub(super) fn read_types(&self) -> Option<Vec<String>> {
+        match (self.format.types(), &self.types) {
+            (None, types) => types.clone(),
+            (Some(only), None) => Some(only.iter().map(|t| t.as_str().to_string()).collect()),
+            (Some(only), Some(types)) => Some(
+                types
+                    .iter()
+                    .filter(|t| only.iter().any(|o| o.as_str() == t.as_str()))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    pub(super) fn address(&self) -> Option<&str> {
+        match &self.format {
+            Format::Ipn { address, .. } => Some(address),
+            _ => None,
+        }
+    }
+}

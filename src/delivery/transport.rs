@@ -1,0 +1,188 @@
+//! Where a webhook is sent: one attempt at one event — an HTTP POST through the SSRF
+//! guard's resolver (no redirects), or a script handler's run — and its outcome as a
+//! journal entry (status code, error, latency, when to retry).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+
+use super::render::Message;
+use super::subscriber::{Subscriber, Target};
+use super::{schedule, script, sign, ssrf, DeliveryConfig};
+use crate::metrics;
+use crate::projections::cursors::{Entry, Outcome};
+use crate::store::StoredEvent;
+
+/// The HTTP client and the settings every attempt uses.
+pub struct Transport {
+    cfg: DeliveryConfig,
+    client: reqwest::Client,
+}
+
+impl Transport {
+    pub fn new(cfg: DeliveryConfig) -> reqwest::Result<Transport> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(ssrf::GuardedResolver(cfg.guard.clone())))
+            .build()?;
+        Ok(Transport { cfg, client })
+    }
+
+    /// One attempt; its outcome as a journal entry.
+    pub async fn send(
+        &self,
+        sub: &Subscriber,
+        event: &StoredEvent,
+        message: Message,
+        epoch: i32,
+        attempt: i32,
+    ) -> Entry {
+        let started = Instant::now();
+        let (status_code, error, outcome, retry_after) = match &sub.target {
+            Target::Url(url) => self.post(sub, url, event, message).await,
+            Target::Command(_) if !self.cfg.script_handlers => {
+                let e = "refused: script handlers are disabled (SCRIPT_HANDLERS)".to_string();
+                (None, Some(e), Outcome::Failed, None)
+            }
+            Target::Command(argv) => {
+                match script::run(argv, &message.env, self.cfg.timeout).await {
+                    Ok(()) => (None, None, Outcome::Delivered, None),
+                    Err(e) => (None, Some(e), Outcome::Failed, None),
+                }
+            }
+        };
+        let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        metrics::record_delivery(outcome.as_str(), started.elapsed());
+        let next_attempt_at = (outcome == Outcome::Failed)
+            .then(|| {
+                self.cfg
+                    .schedule
+                    .next_attempt(attempt as usize, Utc::now(), retry_after)
+            })
+            .flatten();
+        if outcome != Outcome::Delivered {
+            tracing::info!(error = error.as_deref().unwrap_or(""), next_attempt_at = ?next_attempt_at,
+                "delivery failed");
+        }
+        Entry::Attempt {
+            epoch,
+            position: event.position.0,
+            event_id: event.id,
+            attempt,
+            status_code,
+            error,
+            latency_ms,
+            outcome,
+            next_attempt_at,
+        }
+    }
+
+    /// One HTTP request: (status code, error, outcome, Retry-After).
+    async fn post(
+        &self,
+        sub: &Subscriber,
+        url: &str,
+        event: &StoredEvent,
+        message: Message,
+    ) -> HttpOutcome {
+        let url = match self.cfg.guard.check_url_syntax(url) {
+            Ok(url) => url,
+            Err(e) => return (None, Some(format!("refused: {e}")), Outcome::Failed, None),
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static(message.content_type))
+            .header(
+                USER_AGENT,
+                concat!("chainledger/", env!("CARGO_PKG_VERSION")),
+            );
+        if message.signed {
+            let msg_id = event.id.to_string();
+            let now = Utc::now().timestamp();
+            let signature = sign::sign(&sub.secret, &msg_id, now, message.body.as_bytes());
+            request = request
+                .header("webhook-id", msg_id)
+                .header("webhook-timestamp", now.to_string())
+                .header("webhook-signature", signature);
+        }
+        let resp = match request.body(message.body).send().await {
+            Ok(resp) => resp,
+            Err(e) => return (None, Some(describe(&e)), Outcome::Failed, None),
+        };
+        let code = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| schedule::parse_retry_after(v, Utc::now()));
+        if code.is_success() {
+            let Some(sent) = &message.echo else {
+                return (Some(code.as_u16()), None, Outcome::Delivered, None);
+            };
+            let echoed = match read_limited(resp, MAX_ANSWER).await {
+                Ok(body) => sent.check_echo(&body),
+                Err(e) => Err(format!("cannot read the answer: {e}")),
+            };
+            match echoed {
+                Ok(()) => (Some(code.as_u16()), None, Outcome::Delivered, None),
+                Err(e) => {
+                    let e = format!("HTTP {code} without the IPN echo: {e}");
+                    (Some(code.as_u16()), Some(e), Outcome::Failed, retry_after)
+                }
+            }
+        } else if code == reqwest::StatusCode::GONE {
+            let e = "410 Gone: the receiver unsubscribed; disabled".to_string();
+            (Some(code.as_u16()), Some(e), Outcome::Gone, None)
+        } else {
+            let e = if code.is_redirection() {
+                format!("HTTP {code} (redirects are not followed)")
+            } else {
+                format!("HTTP {code}")
+            };
+            (Some(code.as_u16()), Some(e), Outcome::Failed, retry_after)
+        }
+    }
+}
+
+/// An HTTP attempt's status code, error, outcome and Retry-After.
+type HttpOutcome = (Option<u16>, Option<String>, Outcome, Option<Duration>);
+
+/// Longest answer read from an IPN receiver.
+const MAX_ANSWER: usize = 64 * 1024;
+
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("longer than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An address's IPN totals as of `position`: the latest event at or before it of each of
+/// the address's deposits (the `deposits` projection names them; their streams are read
+
+/// A transport error in a line, with its cause (refused, timed out, guard refused).
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
