@@ -25,7 +25,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::events::Event;
-use crate::domain::stream::{EventAt, NewEvent, Position};
+use crate::domain::stream::{EventAt, NewEvent};
 use crate::projections;
 use crate::projections::read::PaidAccountsError;
 use crate::store::{self, AppendError, StoredEvent};
@@ -136,11 +136,7 @@ impl UnitOfWork {
         let folded: Vec<EventAt<'_>> = stored
             .iter()
             .zip(&events)
-            .map(|(s, e)| EventAt {
-                position: s.position,
-                stream_version: s.stream_version,
-                event: &e.event,
-            })
+            .map(|(s, e)| s.at(&e.event))
             .collect();
         projections::apply(&mut tx, &folded).await?;
         O::after_append(&mut outcome, &mut tx, &stored).await?;
@@ -167,13 +163,6 @@ impl Observation for Decided {
     fn decide(self, (): ()) -> Result<Decision<()>, RecordError> {
         Ok(Decision::new(self.0, ()))
     }
-}
-
-/// Holds the append lock in `conn`'s transaction until it ends, so no observation commits
-/// meanwhile: the rebuild's final step, which folds what arrived during its replay and
-/// swaps tables with writers waiting. Returns the head.
-pub async fn fence_writers(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
-    store::lock(conn).await
 }
 
 /// The `address.watched` events that keep each derived account's window `lookahead`

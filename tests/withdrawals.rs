@@ -199,6 +199,21 @@ async fn a_spend_of_a_deposit_made_elsewhere_is_an_observed_withdrawal() {
     svc.stop().await;
 }
 
+/// `POST /v1/withdrawals` in a task of its own; its status code.
+fn post_in_background(svc: &Service, body: Value) -> tokio::task::JoinHandle<u16> {
+    let (http, base) = (svc.http.clone(), svc.base.clone());
+    tokio::spawn(async move {
+        let resp = http
+            .post(format!("{base}/v1/withdrawals"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    })
+}
+
 /// Times a `POST /v1/accounts`.
 async fn timed_account(svc: &Service) -> Duration {
     let started = std::time::Instant::now();
@@ -214,19 +229,7 @@ async fn a_withdrawal_in_flight_to_a_hung_node_holds_up_no_other_command() {
     let (node, svc, account, _, deposit, vout) = credited_deposit("2").await;
     let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 1.9999);
     node.signal("STOP");
-    let post = {
-        let (http, base) = (svc.http.clone(), svc.base.clone());
-        tokio::spawn(async move {
-            let resp = http
-                .post(format!("{base}/v1/withdrawals"))
-                .bearer_auth(TOKEN)
-                .json(&json!({"account_id": account, "raw_tx": raw}))
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        })
-    };
+    let post = post_in_background(&svc, json!({"account_id": account, "raw_tx": raw}));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!post.is_finished(), "the broadcast waits on the hung node");
     for _ in 0..3 {
@@ -254,19 +257,7 @@ async fn the_follower_appends_while_a_broadcast_hangs() {
 
     // The node answers everything but the broadcast, which hangs.
     proxy.hold("sendrawtransaction");
-    let post = {
-        let (http, base) = (svc.http.clone(), svc.base.clone());
-        tokio::spawn(async move {
-            let resp = http
-                .post(format!("{base}/v1/withdrawals"))
-                .bearer_auth(TOKEN)
-                .json(&json!({"account_id": account, "raw_tx": raw}))
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        })
-    };
+    let post = post_in_background(&svc, json!({"account_id": account, "raw_tx": raw}));
     eventually(Duration::from_secs(10), || async {
         (proxy.calls("sendrawtransaction") == 1).then_some(())
     })
@@ -288,5 +279,48 @@ async fn the_follower_appends_while_a_broadcast_hangs() {
 
     proxy.release();
     assert_eq!(post.await.unwrap(), 201);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_the_api_did_not_record_is_recorded_by_the_watcher_as_the_same_withdrawal() {
+    let (node, svc, account, _, deposit, vout) = credited_deposit("1").await;
+    let raw = node.signed_spend(&deposit, vout, &node.new_address("legacy"), 0.9999);
+    let tx: bitcoin::Transaction =
+        bitcoin::consensus::deserialize(&hex::decode(&raw).unwrap()).unwrap();
+    let txid = tx.compute_txid().to_string();
+    // What POST /v1/withdrawals leaves behind when it dies between the broadcast and the
+    // append: the request, and the transaction in the node's mempool.
+    let pool = sqlx::PgPool::connect(svc.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO withdrawal_requests (txid, account_id) VALUES ($1, $2)")
+        .bind(&txid)
+        .bind(uuid::Uuid::parse_str(&account).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sent: String = node.call("sendrawtransaction", &[json!(raw)]);
+    assert_eq!(sent, txid);
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = withdrawal_events(&svc, &txid).await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["type"], "withdrawal.broadcast");
+    assert_eq!(events[0]["data"]["source"], "api", "the request names it");
+    assert_eq!(events[0]["data"]["account_id"], account.as_str());
+    // The client's retry gets the same withdrawal; nothing more is appended.
+    let head = svc.head().await;
+    let (status, again) = svc
+        .post(
+            "/v1/withdrawals",
+            json!({"account_id": account, "raw_tx": raw}),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["txid"], txid.as_str());
+    assert_eq!(svc.head().await, head);
+    assert_eq!(withdrawal_events(&svc, &txid).await.len(), 1);
     svc.stop().await;
 }

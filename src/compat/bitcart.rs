@@ -26,9 +26,9 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{Event, EventType, Subject};
 use crate::domain::stream::{EventAt, Position};
-use crate::domain::tracked::Deposit;
+use crate::domain::tracked::{Deposit, Phase};
 
 /// The log's event types that yield updates: what the endpoint reads.
 pub const SOURCE_TYPES: &[EventType] = &[
@@ -72,35 +72,30 @@ fn first_confirmation(confirmations: u32, stream_version: i32) -> bool {
 
 /// The updates one event yields, in order (none for most).
 pub fn updates_of(event: &Event, stream_version: i32) -> Vec<Value> {
-    match event {
-        Event::BlockConnected(b) => vec![json!({"event": "new_block", "height": b.height})],
-        Event::DepositSeen(d) => vec![
+    use Phase::{Confirmed, CreditReversed, Credited, Dropped, Final, Reorged, Replaced, Seen};
+    match event.subject() {
+        Subject::Block(b) => vec![json!({"event": "new_block", "height": b.height})],
+        Subject::Deposit(d, Seen) => vec![
             json!({"event": "new_transaction", "tx": d.txid}),
             payment(d, UNCONFIRMED),
         ],
-        Event::WithdrawalBroadcast(w) => vec![json!({"event": "new_transaction", "tx": w.txid})],
-        Event::DepositConfirmed(d) if first_confirmation(d.confirmations, stream_version) => {
+        Subject::Withdrawal(w, Seen) => vec![json!({"event": "new_transaction", "tx": w.txid})],
+        Subject::Deposit(d, Confirmed) if first_confirmation(d.confirmations, stream_version) => {
             vec![verified(d.txid, d.block_height)]
         }
-        Event::WithdrawalConfirmed(w) if first_confirmation(w.confirmations, stream_version) => {
+        Subject::Withdrawal(w, Confirmed)
+            if first_confirmation(w.confirmations, stream_version) =>
+        {
             vec![verified(w.txid, w.block_height)]
         }
-        Event::DepositCredited(d) => vec![payment(d, PAID)],
-        Event::DepositCreditReversed(d) => vec![payment(d, UNCONFIRMED)],
-        Event::DepositDropped(d) => vec![payment(d, UNPAID)],
-        Event::DepositReplaced(r) => vec![payment(&r.state, UNPAID)],
-        Event::DepositConfirmed(_)
-        | Event::WithdrawalConfirmed(_)
-        | Event::AccountCreated(_)
-        | Event::AddressWatched(_)
-        | Event::AddressHandedOut(_)
-        | Event::BlockDisconnected(_)
-        | Event::DepositFinal(_)
-        | Event::DepositReorged(_)
-        | Event::WithdrawalFinal(_)
-        | Event::WithdrawalReorged(_)
-        | Event::WithdrawalDropped(_)
-        | Event::WithdrawalReplaced(_) => Vec::new(),
+        Subject::Deposit(d, Credited) => vec![payment(d, PAID)],
+        Subject::Deposit(d, CreditReversed) => vec![payment(d, UNCONFIRMED)],
+        Subject::Deposit(d, Dropped | Replaced(_)) => vec![payment(d, UNPAID)],
+        Subject::Deposit(_, Confirmed | Final | Reorged(_))
+        | Subject::Withdrawal(_, Confirmed | Credited | CreditReversed | Final)
+        | Subject::Withdrawal(_, Reorged(_) | Dropped | Replaced(_))
+        | Subject::Account(_)
+        | Subject::BlockDisconnected(_) => Vec::new(),
     }
 }
 
@@ -204,9 +199,8 @@ pub fn frames(updates: Vec<Update>, wallet_of: impl Fn(Uuid) -> Option<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::amount::Sats;
     use crate::domain::events::{AccountCreated, BlockConnected, BlockDisconnected, Replaced};
-    use crate::domain::tracked::{Btc, Source, Status, Withdrawal};
+    use crate::domain::tracked::{examples, Withdrawal};
     use bitcoin::hashes::Hash;
     use bitcoin::{BlockHash, Txid};
 
@@ -221,16 +215,9 @@ mod tests {
             account_id: ACCOUNT.parse().unwrap(),
             address: "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn".into(),
             txid: txid(0xab),
-            vout: 0,
-            amount: Btc(Sats(150_000_000)),
-            amount_sats: Sats(150_000_000),
-            confirmations,
-            block_hash: None,
             block_height: (confirmations > 0).then_some(120),
             credited,
-            credit_confirmations: 3,
-            status: Status::Confirming,
-            inputs: vec![],
+            ..examples::deposit(150_000_000, confirmations)
         }
     }
 
@@ -238,17 +225,19 @@ mod tests {
         Withdrawal {
             account_id: ACCOUNT.parse().unwrap(),
             txid: txid(0xcd),
-            amount: Btc(Sats(1)),
-            amount_sats: Sats(1),
-            fee: None,
-            fee_sats: None,
-            inputs: vec![],
-            confirmations,
-            block_hash: None,
             block_height: (confirmations > 0).then_some(131),
-            status: Status::Confirming,
-            source: Source::Api,
+            ..examples::withdrawal(1, confirmations)
         }
+    }
+
+    fn created() -> Event {
+        Event::AccountCreated(AccountCreated {
+            account_id: ACCOUNT.parse().unwrap(),
+            label: "a".into(),
+            credit_confirmations: 3,
+            descriptor: None,
+            lookahead: None,
+        })
     }
 
     fn block(height: u32) -> Event {
@@ -346,13 +335,7 @@ mod tests {
             names(&updates_of(&Event::WithdrawalConfirmed(withdrawal(1)), 1)),
             ["verified_tx"]
         );
-        let created = Event::AccountCreated(AccountCreated {
-            account_id: ACCOUNT.parse().unwrap(),
-            label: "a".into(),
-            credit_confirmations: 3,
-            descriptor: None,
-            lookahead: None,
-        });
+        let created = created();
         let disconnected = Event::BlockDisconnected(BlockDisconnected {
             height: 1,
             hash: BlockHash::all_zeros(),
@@ -366,13 +349,7 @@ mod tests {
     fn a_page_announces_a_transaction_once_per_account_and_never_splits_an_event() {
         let mut second_output = deposit(0, false);
         second_output.vout = 1;
-        let created = Event::AccountCreated(AccountCreated {
-            account_id: ACCOUNT.parse().unwrap(),
-            label: "a".into(),
-            credit_confirmations: 3,
-            descriptor: None,
-            lookahead: None,
-        });
+        let created = created();
         let events = [
             (10, 3, block(120)),
             (11, 0, Event::DepositSeen(deposit(0, false))),

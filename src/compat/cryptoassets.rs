@@ -18,8 +18,8 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::events::{Event, EventType};
-use crate::domain::tracked::{Deposit, Withdrawal};
+use crate::domain::events::{Event, EventType, Subject};
+use crate::domain::tracked::{Deposit, Phase, Withdrawal};
 
 pub const EVENT_NAME: &str = "txupdate";
 
@@ -57,28 +57,19 @@ pub struct TxUpdate {
 /// module documentation). `credit_confirmations` is the threshold for withdrawals, whose
 /// events do not carry their account's.
 pub fn txupdate(event: &Event, credit_confirmations: u32) -> Option<TxUpdate> {
-    match event {
+    use Phase::{Confirmed, CreditReversed, Credited, Dropped, Final, Reorged, Replaced, Seen};
+    match event.subject() {
         // A deposit first seen in a block: the deposit.confirmed right after it says the same.
-        Event::DepositSeen(d) if d.confirmations > 0 => None,
-        Event::DepositSeen(d) | Event::DepositConfirmed(d) => Some(of_deposit(d)),
-        Event::DepositReorged(r) => Some(of_deposit(&r.state)),
-        Event::WithdrawalBroadcast(w) | Event::WithdrawalConfirmed(w) => {
+        Subject::Deposit(d, Seen) if d.confirmations > 0 => None,
+        Subject::Deposit(d, Seen | Confirmed | Reorged(_)) => Some(of_deposit(d)),
+        Subject::Withdrawal(w, Seen | Confirmed | Reorged(_)) => {
             Some(of_withdrawal(w, credit_confirmations))
         }
-        Event::WithdrawalReorged(r) => Some(of_withdrawal(&r.state, credit_confirmations)),
-        Event::AccountCreated(_)
-        | Event::AddressWatched(_)
-        | Event::AddressHandedOut(_)
-        | Event::BlockConnected(_)
-        | Event::BlockDisconnected(_)
-        | Event::DepositCredited(_)
-        | Event::DepositFinal(_)
-        | Event::DepositCreditReversed(_)
-        | Event::DepositDropped(_)
-        | Event::DepositReplaced(_)
-        | Event::WithdrawalFinal(_)
-        | Event::WithdrawalDropped(_)
-        | Event::WithdrawalReplaced(_) => None,
+        Subject::Deposit(_, Credited | CreditReversed | Final | Dropped | Replaced(_))
+        | Subject::Withdrawal(_, Credited | CreditReversed | Final | Dropped | Replaced(_))
+        | Subject::Account(_)
+        | Subject::Block(_)
+        | Subject::BlockDisconnected(_) => None,
     }
 }
 
@@ -133,9 +124,8 @@ pub fn form(update: &TxUpdate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::amount::Sats;
     use crate::domain::events::BlockConnected;
-    use crate::domain::tracked::{Btc, Source, Status};
+    use crate::domain::tracked::examples;
     use bitcoin::hashes::Hash;
     use bitcoin::{BlockHash, Txid};
     use serde_json::Value;
@@ -147,18 +137,9 @@ mod tests {
     fn deposit(confirmations: u32) -> Deposit {
         Deposit {
             account_id: "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10".parse().unwrap(),
-            address: "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef".into(),
             txid: txid(0xab),
             vout: 1,
-            amount: Btc(Sats(150_000_000)),
-            amount_sats: Sats(150_000_000),
-            confirmations,
-            block_hash: None,
-            block_height: None,
-            credited: false,
-            credit_confirmations: 3,
-            status: Status::Confirming,
-            inputs: vec![],
+            ..examples::deposit(150_000_000, confirmations)
         }
     }
 
@@ -197,18 +178,8 @@ mod tests {
     #[test]
     fn withdrawals_are_broadcasts() {
         let w = Withdrawal {
-            account_id: "6f1c5c43-5c1e-4b4e-9a39-2b1f0a8b7e10".parse().unwrap(),
             txid: txid(0xcd),
-            amount: Btc(Sats(25_000_000)),
-            amount_sats: Sats(25_000_000),
-            fee: None,
-            fee_sats: None,
-            inputs: vec![],
-            confirmations: 2,
-            block_hash: None,
-            block_height: None,
-            status: Status::Confirming,
-            source: Source::Api,
+            ..examples::withdrawal(25_000_000, 2)
         };
         let u = txupdate(&Event::WithdrawalConfirmed(w), 2).unwrap();
         assert_eq!(u.transaction_type, "broadcast");

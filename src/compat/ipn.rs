@@ -16,7 +16,8 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::domain::amount::Sats;
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{Event, EventType, Subject};
+use crate::domain::tracked::Phase;
 
 /// The original's default; subscriptions take 1 up to the finality threshold.
 pub const DEFAULT_MAX_CONFIRMS: u32 = 3;
@@ -33,26 +34,18 @@ pub const TYPES: &[EventType] = &[
 /// Whether this event (at this stream version) is notified to a subscriber with this
 /// `max_confirms`.
 pub fn notifies(event: &Event, stream_version: i32, max_confirms: u32) -> bool {
-    match event {
-        Event::DepositSeen(d) => d.confirmations == 0,
+    use Phase::{Confirmed, CreditReversed, Credited, Dropped, Final, Reorged, Replaced, Seen};
+    match event.subject() {
+        Subject::Deposit(d, Seen) => d.confirmations == 0,
         // Version 1 is the first deposit.confirmed when the deposit was first seen in a
         // block (else the one at 1 confirmation, within any max_confirms).
-        Event::DepositConfirmed(d) => d.confirmations <= max_confirms || stream_version == 1,
-        Event::DepositReorged(_) | Event::DepositDropped(_) | Event::DepositReplaced(_) => true,
-        Event::AccountCreated(_)
-        | Event::AddressWatched(_)
-        | Event::AddressHandedOut(_)
-        | Event::BlockConnected(_)
-        | Event::BlockDisconnected(_)
-        | Event::DepositCredited(_)
-        | Event::DepositFinal(_)
-        | Event::DepositCreditReversed(_)
-        | Event::WithdrawalBroadcast(_)
-        | Event::WithdrawalConfirmed(_)
-        | Event::WithdrawalFinal(_)
-        | Event::WithdrawalReorged(_)
-        | Event::WithdrawalDropped(_)
-        | Event::WithdrawalReplaced(_) => false,
+        Subject::Deposit(d, Confirmed) => d.confirmations <= max_confirms || stream_version == 1,
+        Subject::Deposit(_, Reorged(_) | Dropped | Replaced(_)) => true,
+        Subject::Deposit(_, Credited | CreditReversed | Final)
+        | Subject::Withdrawal(..)
+        | Subject::Account(_)
+        | Subject::Block(_)
+        | Subject::BlockDisconnected(_) => false,
     }
 }
 
@@ -69,14 +62,14 @@ pub struct Totals {
 pub fn totals<'a>(latest: impl IntoIterator<Item = &'a Event>, max_confirms: u32) -> Totals {
     let mut t = Totals::default();
     for event in latest {
-        let Some(d) = event.deposit() else {
-            continue;
-        };
-        match event {
-            Event::DepositDropped(_) | Event::DepositReplaced(_) => {}
-            Event::DepositFinal(_) => t.confirmed.0 += d.amount_sats.0,
-            _ if d.confirmations >= max_confirms => t.confirmed.0 += d.amount_sats.0,
-            _ => t.unconfirmed.0 += d.amount_sats.0,
+        match event.subject() {
+            Subject::Deposit(_, Phase::Dropped | Phase::Replaced(_)) => {}
+            Subject::Deposit(d, Phase::Final) => t.confirmed.0 += d.amount_sats.0,
+            Subject::Deposit(d, _) if d.confirmations >= max_confirms => {
+                t.confirmed.0 += d.amount_sats.0
+            }
+            Subject::Deposit(d, _) => t.unconfirmed.0 += d.amount_sats.0,
+            _ => {}
         }
     }
     t
@@ -160,26 +153,12 @@ fn shown(v: Option<&Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::tracked::{Btc, Deposit, Status};
+    use crate::domain::tracked::{examples, Deposit};
     use bitcoin::hashes::Hash;
     use serde_json::json;
 
     fn d(sats: u64, confirmations: u32) -> Deposit {
-        Deposit {
-            account_id: uuid::Uuid::nil(),
-            address: "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef".into(),
-            txid: bitcoin::Txid::all_zeros(),
-            vout: 0,
-            amount: Btc(Sats(sats)),
-            amount_sats: Sats(sats),
-            confirmations,
-            block_hash: None,
-            block_height: None,
-            credited: false,
-            credit_confirmations: 3,
-            status: Status::Confirming,
-            inputs: vec![],
-        }
+        examples::deposit(sats, confirmations)
     }
 
     fn reorged(sats: u64) -> Event {

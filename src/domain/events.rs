@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::tracked::{Deposit, Withdrawal};
+use super::tracked::{Deposit, Phase, Withdrawal};
 
 pub const SCHEMA_VERSION: i16 = 1;
 
@@ -156,45 +156,80 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for EventType {
     }
 }
 
+/// What an event is about: every variant sorted once, here, so a mapping that cares
+/// about some of them matches on this and stays exhaustive without listing the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Subject<'a> {
+    Account(AccountEvent<'a>),
+    Block(&'a BlockConnected),
+    BlockDisconnected(&'a BlockDisconnected),
+    /// A deposit's state and the step of its life the event records.
+    Deposit(&'a Deposit, Phase),
+    Withdrawal(&'a Withdrawal, Phase),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AccountEvent<'a> {
+    Created(&'a AccountCreated),
+    Watched(&'a AddressWatched),
+    HandedOut(&'a AddressHandedOut),
+}
+
 impl Event {
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            Event::AccountCreated(a) => Subject::Account(AccountEvent::Created(a)),
+            Event::AddressWatched(a) => Subject::Account(AccountEvent::Watched(a)),
+            Event::AddressHandedOut(a) => Subject::Account(AccountEvent::HandedOut(a)),
+            Event::BlockConnected(b) => Subject::Block(b),
+            Event::BlockDisconnected(b) => Subject::BlockDisconnected(b),
+            Event::DepositSeen(d) => Subject::Deposit(d, Phase::Seen),
+            Event::DepositConfirmed(d) => Subject::Deposit(d, Phase::Confirmed),
+            Event::DepositCredited(d) => Subject::Deposit(d, Phase::Credited),
+            Event::DepositFinal(d) => Subject::Deposit(d, Phase::Final),
+            Event::DepositReorged(r) => {
+                Subject::Deposit(&r.state, Phase::Reorged(r.orphaned_block_hash))
+            }
+            Event::DepositCreditReversed(d) => Subject::Deposit(d, Phase::CreditReversed),
+            Event::DepositDropped(d) => Subject::Deposit(d, Phase::Dropped),
+            Event::DepositReplaced(r) => Subject::Deposit(&r.state, Phase::Replaced(r.replaced_by)),
+            Event::WithdrawalBroadcast(w) => Subject::Withdrawal(w, Phase::Seen),
+            Event::WithdrawalConfirmed(w) => Subject::Withdrawal(w, Phase::Confirmed),
+            Event::WithdrawalFinal(w) => Subject::Withdrawal(w, Phase::Final),
+            Event::WithdrawalReorged(r) => {
+                Subject::Withdrawal(&r.state, Phase::Reorged(r.orphaned_block_hash))
+            }
+            Event::WithdrawalDropped(w) => Subject::Withdrawal(w, Phase::Dropped),
+            Event::WithdrawalReplaced(r) => {
+                Subject::Withdrawal(&r.state, Phase::Replaced(r.replaced_by))
+            }
+        }
+    }
+
     /// The account the event concerns; chain events concern none.
     pub fn account(&self) -> Option<Uuid> {
-        match self {
-            Event::AccountCreated(a) => Some(a.account_id),
-            Event::AddressWatched(a) => Some(a.account_id),
-            Event::AddressHandedOut(a) => Some(a.account_id),
-            Event::BlockConnected(_) | Event::BlockDisconnected(_) => None,
-            other => other
-                .deposit()
-                .map(|d| d.account_id)
-                .or_else(|| other.withdrawal().map(|w| w.account_id)),
+        match self.subject() {
+            Subject::Account(AccountEvent::Created(a)) => Some(a.account_id),
+            Subject::Account(AccountEvent::Watched(a)) => Some(a.account_id),
+            Subject::Account(AccountEvent::HandedOut(a)) => Some(a.account_id),
+            Subject::Block(_) | Subject::BlockDisconnected(_) => None,
+            Subject::Deposit(d, _) => Some(d.account_id),
+            Subject::Withdrawal(w, _) => Some(w.account_id),
         }
     }
 
     /// The deposit's state, for the `deposit.*` types.
     pub fn deposit(&self) -> Option<&Deposit> {
-        match self {
-            Event::DepositSeen(d)
-            | Event::DepositConfirmed(d)
-            | Event::DepositCredited(d)
-            | Event::DepositFinal(d)
-            | Event::DepositCreditReversed(d)
-            | Event::DepositDropped(d) => Some(d),
-            Event::DepositReorged(r) => Some(&r.state),
-            Event::DepositReplaced(r) => Some(&r.state),
+        match self.subject() {
+            Subject::Deposit(d, _) => Some(d),
             _ => None,
         }
     }
 
     /// The withdrawal's state, for the `withdrawal.*` types.
     pub fn withdrawal(&self) -> Option<&Withdrawal> {
-        match self {
-            Event::WithdrawalBroadcast(w)
-            | Event::WithdrawalConfirmed(w)
-            | Event::WithdrawalFinal(w)
-            | Event::WithdrawalDropped(w) => Some(w),
-            Event::WithdrawalReorged(r) => Some(&r.state),
-            Event::WithdrawalReplaced(r) => Some(&r.state),
+        match self.subject() {
+            Subject::Withdrawal(w, _) => Some(w),
             _ => None,
         }
     }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::amount::Sats;
 use super::events::{BlockConnected, BlockDisconnected, Event, Reorged, Replaced};
 use super::stream::{NewEvent, StreamName};
-use super::tracked::{Btc, Deposit, Status, Withdrawal};
+use super::tracked::{Btc, Deposit, Phase, Status, Withdrawal};
 
 /// Whom a watched script belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,21 +354,6 @@ impl Ledger {
 pub enum TrackedTx {
     Deposit(Deposit),
     Withdrawal(Withdrawal),
-}
-
-/// One step of a tracked transaction's life; each is one event, named per kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// `deposit.seen` / `withdrawal.broadcast`.
-    Seen,
-    Confirmed,
-    /// Deposits only: the credit threshold reached, or lost.
-    Credited,
-    CreditReversed,
-    Final,
-    Reorged(BlockHash),
-    Dropped,
-    Replaced(Txid),
 }
 
 impl TrackedTx {

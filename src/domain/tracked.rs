@@ -217,6 +217,63 @@ pub fn inputs_of(tx: &Transaction) -> Vec<OutPoint> {
     tx.input.iter().map(|i| i.previous_output).collect()
 }
 
+/// One step of a tracked transaction's life; each is one event, named per kind.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// `deposit.seen` / `withdrawal.broadcast`.
+    Seen,
+    Confirmed,
+    /// Deposits only: the credit threshold reached, or lost.
+    Credited,
+    CreditReversed,
+    Final,
+    Reorged(BlockHash),
+    Dropped,
+    Replaced(Txid),
+}
+
+/// Deposits and withdrawals for unit tests: an amount and a count, the rest plain.
+#[cfg(test)]
+pub(crate) mod examples {
+    use super::*;
+    use bitcoin::hashes::Hash;
+
+    pub fn deposit(sats: u64, confirmations: u32) -> Deposit {
+        Deposit {
+            account_id: Uuid::nil(),
+            address: "mzBc4XEFSdzCDcTxAgf6EZXgsZWpztRhef".into(),
+            txid: Txid::all_zeros(),
+            vout: 0,
+            amount: Btc(Sats(sats)),
+            amount_sats: Sats(sats),
+            confirmations,
+            block_hash: None,
+            block_height: None,
+            credited: false,
+            credit_confirmations: 3,
+            status: Status::Confirming,
+            inputs: vec![],
+        }
+    }
+
+    pub fn withdrawal(sats: u64, confirmations: u32) -> Withdrawal {
+        Withdrawal {
+            account_id: Uuid::nil(),
+            txid: Txid::all_zeros(),
+            amount: Btc(Sats(sats)),
+            amount_sats: Sats(sats),
+            fee: None,
+            fee_sats: None,
+            inputs: vec![],
+            confirmations,
+            block_hash: None,
+            block_height: None,
+            status: Status::Confirming,
+            source: Source::Api,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

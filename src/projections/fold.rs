@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use bitcoin::{OutPoint, Txid};
 use uuid::Uuid;
 
-use crate::domain::events::{AccountCreated, AddressWatched, BlockConnected, Event};
+use crate::domain::events::{
+    AccountCreated, AccountEvent, AddressWatched, BlockConnected, Subject,
+};
 use crate::domain::stream::{EventAt, Position};
 use crate::domain::tracked::{Deposit, Withdrawal};
 
@@ -46,13 +48,13 @@ pub fn fold<'a>(events: impl IntoIterator<Item = EventAt<'a>>) -> Changes {
         event,
     } in events
     {
-        match event {
-            Event::AccountCreated(a) => {
+        match event.subject() {
+            Subject::Account(AccountEvent::Created(a)) => {
                 c.touched_accounts.insert(a.account_id);
                 c.account_versions.insert(a.account_id, stream_version);
                 c.accounts.push((a.clone(), position));
             }
-            Event::AddressWatched(a) => {
+            Subject::Account(AccountEvent::Watched(a)) => {
                 c.account_versions.insert(a.account_id, stream_version);
                 if let Some(i) = a.index {
                     let p = c.account_progress.entry(a.account_id).or_default();
@@ -60,40 +62,26 @@ pub fn fold<'a>(events: impl IntoIterator<Item = EventAt<'a>>) -> Changes {
                 }
                 c.addresses.push((a.clone(), position));
             }
-            Event::AddressHandedOut(a) => {
+            Subject::Account(AccountEvent::HandedOut(a)) => {
                 c.account_versions.insert(a.account_id, stream_version);
                 let p = c.account_progress.entry(a.account_id).or_default();
                 p.1 = p.1.max(a.index + 1);
             }
-            Event::BlockConnected(b) => {
+            Subject::Block(b) => {
                 let start = c.chain.map_or(b.height, |(s, _)| s.min(b.height));
                 c.chain = Some((start, stream_version));
                 c.blocks.insert(b.height, Some(b.clone()));
             }
-            Event::BlockDisconnected(b) => {
+            Subject::BlockDisconnected(b) => {
                 let start = c.chain.map_or(b.height, |(s, _)| s);
                 c.chain = Some((start, stream_version));
                 c.blocks.insert(b.height, None);
             }
-            Event::DepositSeen(_)
-            | Event::DepositConfirmed(_)
-            | Event::DepositCredited(_)
-            | Event::DepositFinal(_)
-            | Event::DepositReorged(_)
-            | Event::DepositCreditReversed(_)
-            | Event::DepositDropped(_)
-            | Event::DepositReplaced(_) => {
-                let d = event.deposit().expect("a deposit event");
+            Subject::Deposit(d, _) => {
                 c.touched_accounts.insert(d.account_id);
                 upsert(&mut c.deposits, d.outpoint(), d, stream_version, position);
             }
-            Event::WithdrawalBroadcast(_)
-            | Event::WithdrawalConfirmed(_)
-            | Event::WithdrawalFinal(_)
-            | Event::WithdrawalReorged(_)
-            | Event::WithdrawalDropped(_)
-            | Event::WithdrawalReplaced(_) => {
-                let w = event.withdrawal().expect("a withdrawal event");
+            Subject::Withdrawal(w, _) => {
                 c.touched_accounts.insert(w.account_id);
                 upsert(&mut c.withdrawals, w.txid, w, stream_version, position);
             }
@@ -124,25 +112,14 @@ fn upsert<K: Ord, T: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::amount::Sats;
-    use crate::domain::tracked::{Btc, Status};
+    use crate::domain::events::Event;
+    use crate::domain::tracked::examples;
     use bitcoin::hashes::Hash;
 
     fn deposit(confirmations: u32) -> Deposit {
         Deposit {
-            account_id: Uuid::nil(),
-            address: "a".into(),
-            txid: Txid::all_zeros(),
             vout: 1,
-            amount: Btc(Sats(5)),
-            amount_sats: Sats(5),
-            confirmations,
-            block_hash: None,
-            block_height: None,
-            credited: false,
-            credit_confirmations: 3,
-            status: Status::Confirming,
-            inputs: vec![],
+            ..examples::deposit(5, confirmations)
         }
     }
 

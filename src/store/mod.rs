@@ -15,7 +15,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::events::{Event, EventType, SCHEMA_VERSION};
-use crate::domain::stream::{event_id, NewEvent, Position, StreamName};
+use crate::domain::stream::{event_id, EventAt, NewEvent, Position, StreamName};
 
 /// An event as the log holds it. Serialises as the public envelope; `data` is the JSON
 /// the log holds, so the envelope is what it always was.
@@ -50,6 +50,15 @@ pub struct MalformedEvent {
 }
 
 impl StoredEvent {
+    /// `event` (this event, typed) with its place in the log.
+    pub fn at<'a>(&self, event: &'a Event) -> EventAt<'a> {
+        EventAt {
+            position: self.position,
+            stream_version: self.stream_version,
+            event,
+        }
+    }
+
     /// The typed event.
     pub fn event(&self) -> Result<Event, MalformedEvent> {
         Event::from_data(self.kind, &self.data).map_err(|source| MalformedEvent {
@@ -347,4 +356,11 @@ pub(crate) async fn lock(conn: &mut PgConnection) -> Result<Position, sqlx::Erro
         .fetch_one(&mut *conn)
         .await?;
     Ok(Position(p))
+}
+
+/// Holds the append lock until the caller's transaction ends, appending nothing: the
+/// rebuild's final step, which folds what arrived during its replay and swaps tables
+/// while writers wait. Returns the head.
+pub(crate) async fn hold_appends(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    lock(conn).await
 }

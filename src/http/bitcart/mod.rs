@@ -342,32 +342,18 @@ struct Batch {
     more: bool,
 }
 
-/// The events parsed, each with its place; one whose data does not fit its type is
-/// passed over (and logged).
-fn typed(events: &[StoredEvent]) -> Vec<(Place, Event)> {
+/// The events parsed; one whose data does not fit its type is passed over (and logged).
+fn typed(events: &[StoredEvent]) -> Vec<(&StoredEvent, Event)> {
     events
         .iter()
         .filter_map(|e| match e.event() {
-            Ok(typed) => Some((Place(e.position, e.stream_version), typed)),
+            Ok(typed) => Some((e, typed)),
             Err(err) => {
                 tracing::error!(error = %err, "bitcart: event passed over");
                 None
             }
         })
         .collect()
-}
-
-/// An event's position and stream version.
-struct Place(Position, i32);
-
-impl Place {
-    fn with<'a>(&self, event: &'a Event) -> EventAt<'a> {
-        EventAt {
-            position: self.0,
-            stream_version: self.1,
-            event,
-        }
-    }
 }
 
 async fn next_batch(
@@ -392,10 +378,8 @@ async fn next_batch(
     )
     .await?;
     let typed = typed(&events);
-    let page = mapping::page(
-        &typed.iter().map(|(at, e)| at.with(e)).collect::<Vec<_>>(),
-        MAX_UPDATES,
-    );
+    let at: Vec<EventAt<'_>> = typed.iter().map(|(stored, e)| stored.at(e)).collect();
+    let page = mapping::page(&at, MAX_UPDATES);
     let more = !page.complete || events.len() as i64 == READ_LIMIT;
     let through = if more {
         page.through.unwrap_or(cursor)

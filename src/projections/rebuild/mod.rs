@@ -177,7 +177,7 @@ async fn rebuild_on(
             let mut caught_up = 0;
             let mut position = head;
             if from_log {
-                position = crate::unit_of_work::fence_writers(&mut tx).await?;
+                position = store::hold_appends(&mut tx).await?;
                 caught_up += replay_log(&mut tx, head, position, &Meter::silent()).await?;
             }
             if from_journal {
@@ -306,15 +306,7 @@ async fn fold_page(conn: &mut PgConnection, page: &[StoredEvent]) -> anyhow::Res
         .iter()
         .map(StoredEvent::event)
         .collect::<Result<_, MalformedEvent>>()?;
-    let at: Vec<EventAt<'_>> = page
-        .iter()
-        .zip(&typed)
-        .map(|(e, event)| EventAt {
-            position: e.position,
-            stream_version: e.stream_version,
-            event,
-        })
-        .collect();
+    let at: Vec<EventAt<'_>> = page.iter().zip(&typed).map(|(e, t)| e.at(t)).collect();
     super::apply(conn, &at).await?;
     Ok(())
 }
