@@ -49,34 +49,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Raw: the very same rows, read back, inserted into a copy of the table with the same
     // indexes, with the same batch size and one transaction each.
-    sqlx::raw_sql("CREATE TABLE raw_events (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
-        .execute(&pool)
-        .await?;
-    let rows = store::read_after(&pool, Position(0), total as i64, None).await?;
-    let started = Instant::now();
-    for chunk in rows.chunks(BATCH) {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO raw_events SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[],
-                 $6::smallint[], $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[], $11::bytea[])",
-        )
-        .bind(chunk.iter().map(|e| e.position.0).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.stream.to_string()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.stream_version).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.schema_version).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    let raw_secs = started.elapsed().as_secs_f64();
-    drop(rows);
+    let raw_secs = shared::raw_insert(&pool, Position(0), BATCH).await?;
 
     // The tail over HTTP, pages of 1000. The node is never called by this route.
     let never_stop = tokio::sync::watch::Sender::new(false);
@@ -93,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         final_confirmations: 15,
         log: LogWatch::start(pool.clone()).await?,
         follower: Arc::new(FollowerStatus::default()),
+        zmq_mode: chainledger::chain::zmq::ZmqMode::Off,
         webhook_guard: Arc::default(),
         wake_delivery: Arc::default(),
         shutdown: never_stop.subscribe(),

@@ -94,6 +94,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             drop_grace: std::time::Duration::from_secs(cfg.mempool_drop_grace_secs),
             start_height: cfg.start_height,
             poll_interval: cfg.poll_interval(),
+            zmq: cfg.bitcoind_zmq,
+            catchup_max_events: cfg.catchup_max_events as usize,
         },
         status.clone(),
     );
@@ -128,6 +130,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         final_confirmations: cfg.final_confirmations,
         log,
         follower: status,
+        zmq_mode: cfg.bitcoind_zmq,
         webhook_guard: delivery.guard,
         wake_delivery: wake,
         shutdown: stopped.clone(),

@@ -175,9 +175,18 @@ pub struct Config {
     /// Confirmations at which a deposit is final and no longer tracked.
     #[arg(long, env = "FINAL_CONFIRMATIONS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
     pub final_confirmations: u32,
-    /// How often the node is polled for new blocks and mempool changes.
+    /// How often the node is polled for new blocks and mempool changes (with ZMQ, the
+    /// reconciliation that catches what a lost message missed).
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
+    /// `auto`: subscribe to the node's ZMQ notifications (blocks, transactions) when it
+    /// publishes them, and poll as well; `off`: poll only.
+    #[arg(long, env = "BITCOIND_ZMQ", value_enum, default_value = "auto")]
+    pub bitcoind_zmq: crate::chain::zmq::ZmqMode,
+    /// When the follower is more than a few blocks behind, it connects several blocks per
+    /// transaction, up to this many events (at least one block each).
+    #[arg(long, env = "CATCHUP_MAX_EVENTS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catchup_max_events: u32,
     /// Seconds a 0-confirmation deposit may be missing from the node's mempool, unmined,
     /// before it is `deposit.dropped`.
     #[arg(long, env = "MEMPOOL_DROP_GRACE_SECS", default_value_t = 600)]
@@ -355,6 +364,8 @@ impl fmt::Debug for Config {
             .field("credit_confirmations", &self.credit_confirmations)
             .field("final_confirmations", &self.final_confirmations)
             .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("bitcoind_zmq", &self.bitcoind_zmq)
+            .field("catchup_max_events", &self.catchup_max_events)
             .field("start_height", &self.start_height)
             .field("mempool_drop_grace_secs", &self.mempool_drop_grace_secs)
             .field(

@@ -18,6 +18,9 @@ struct Metrics {
     append_seconds: Histogram,
     deliveries: IntCounterVec,
     delivery_seconds: Histogram,
+    zmq_mode: IntGauge,
+    zmq_connected: IntGauge,
+    zmq_gaps: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -89,8 +92,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry
         .register(Box::new(delivery_seconds.clone()))
         .expect("unique metric");
+    let zmq_mode = gauge(
+        "chainledger_zmq_enabled",
+        "1 when BITCOIND_ZMQ is auto and the node publishes what the follower uses, else 0",
+    );
+    let zmq_connected = gauge(
+        "chainledger_zmq_connected",
+        "1 while a ZMQ socket to the node is connected",
+    );
+    let zmq_gaps = counter(
+        "chainledger_zmq_gaps_total",
+        "ZMQ messages found missing (counters that skipped, reconnects, a full queue)",
+    );
     Metrics {
         registry,
+        zmq_mode,
+        zmq_connected,
+        zmq_gaps,
         node_tip_height,
         synced_tip_height,
         last_position,
@@ -120,6 +138,18 @@ pub fn record_blocks(connected: usize, synced_tip: u32) {
 
 pub fn record_node_tip(height: u64) {
     METRICS.node_tip_height.set(height as i64);
+}
+
+pub fn record_zmq_enabled(enabled: bool) {
+    METRICS.zmq_mode.set(i64::from(enabled));
+}
+
+pub fn record_zmq_connected(up: bool) {
+    METRICS.zmq_connected.set(i64::from(up));
+}
+
+pub fn record_zmq_gap() {
+    METRICS.zmq_gaps.inc();
 }
 
 pub fn render() -> String {

@@ -29,11 +29,12 @@ impl Drop for ServiceProcess {
 }
 
 fn spawn_binary(db: &str, node: &Node, port: u16) -> ServiceProcess {
-    ServiceProcess(spawn_child(db, node, port))
+    ServiceProcess(spawn_child(db, node, port, &[]))
 }
 
-fn spawn_child(db: &str, node: &Node, port: u16) -> Child {
+fn spawn_child(db: &str, node: &Node, port: u16, env: &[(&str, String)]) -> Child {
     Command::new(binary())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("serve")
         .env("DATABASE_URL", db)
         .env("BITCOIND_RPC_URL", &node.url)
@@ -51,6 +52,137 @@ fn spawn_child(db: &str, node: &Node, port: u16) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the binary")
+}
+
+/// An account with a fixed id watching `address`, through the unit of work: the same
+/// account in every database it is made in.
+async fn fixed_account_watching(db: &str, address: &str) {
+    use chainledger::domain::account::{self, Account};
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    chainledger::db::migrate(&pool).await.unwrap();
+    let id = uuid::Uuid::from_u128(0xcafe);
+    let meta = serde_json::json!({"source": "test"});
+    let mut events = account::create(id, "fixed".into(), 3, None, &meta).unwrap();
+    let script = address
+        .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
+        .unwrap()
+        .assume_checked()
+        .script_pubkey();
+    let account = Account {
+        id,
+        version: 0,
+        descriptor: None,
+        lookahead: 0,
+        watched_to: 0,
+        handed_out: 0,
+    };
+    events.push(account.watch(address.to_string(), script, &meta));
+    chainledger::unit_of_work::UnitOfWork::new(pool, bitcoin::Network::Regtest)
+        .record(chainledger::unit_of_work::Decided(events))
+        .await
+        .unwrap();
+}
+
+/// Positions gapless, no event id twice, and `block.connected` for every height of
+/// `first..=tip` exactly once, in order.
+fn assert_gapless_unique_every_height_once(events: &[serde_json::Value], first: u64, tip: u64) {
+    let positions: Vec<i64> = events
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "positions are gapless"
+    );
+    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no duplicate event id");
+    let heights: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "block.connected")
+        .map(|e| e["data"]["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        heights,
+        (first..=tip).collect::<Vec<_>>(),
+        "every height exactly once, in order"
+    );
+}
+
+/// The log as the tail shows it, without what depends on when it was written.
+fn contents(events: &[serde_json::Value]) -> Vec<(String, String, i64, serde_json::Value)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["stream"].as_str().unwrap().to_string(),
+                e["stream_version"].as_i64().unwrap(),
+                e["data"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_killed_mid_batch_resumes_and_writes_what_a_block_at_a_time_follower_writes() {
+    let node = Arc::new(Node::start());
+    let start = node.height() + 1;
+    let address = node.new_address("legacy");
+    let (killed_db, reference_db) = (fresh_database().await, fresh_database().await);
+    for db in [&killed_db, &reference_db] {
+        fixed_account_watching(db, &address).await;
+    }
+    // 100 blocks, each paying the address, before either service runs.
+    for _ in 0..100 {
+        node.send(&address, "0.1");
+        node.mine(1);
+    }
+    let tip = node.height();
+
+    // Batches of at most 40 events (a few blocks each), killed three times mid-way.
+    let env = [
+        ("START_HEIGHT", start.to_string()),
+        ("CATCHUP_MAX_EVENTS", "40".to_string()),
+    ];
+    let port = free_port();
+    let pool = sqlx::PgPool::connect(&killed_db).await.unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chain_blocks")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
+    let mut child = ServiceProcess(spawn_child(&killed_db, &node, port, &env));
+    for kill_at in [20, 45, 70] {
+        eventually(Duration::from_secs(60), || async {
+            (stored().await >= kill_at).then_some(())
+        })
+        .await;
+        child.kill();
+        assert!(stored().await < 100, "killed before the catch-up ended");
+        child = ServiceProcess(spawn_child(&killed_db, &node, port, &env));
+    }
+    let svc = Service::at(format!("http://127.0.0.1:{port}"));
+    wait_healthy(&svc).await;
+    svc.synced_to(tip).await;
+    let events = svc.all_events().await;
+    assert_gapless_unique_every_height_once(&events, start, tip);
+
+    // A follower taking one block per observation writes the very same log.
+    let mut cfg = config(&reference_db, &node);
+    cfg.start_height = Some(start as u32);
+    cfg.catchup_max_events = 1;
+    let reference = Service::start(cfg).await;
+    reference.synced_to(tip).await;
+    let expected = reference.all_events().await;
+    assert_eq!(
+        contents(&events),
+        contents(&expected),
+        "batched catch-up and one block at a time agree"
+    );
+    reference.stop().await;
+    child.kill();
 }
 
 fn free_port() -> u16 {
@@ -87,29 +219,12 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     svc.synced_to(node.height()).await;
 
     let events = svc.all_events().await;
-    let positions: Vec<i64> = events
+    let first = events
         .iter()
-        .map(|e| e["position"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        positions,
-        (1..=events.len() as i64).collect::<Vec<_>>(),
-        "positions are gapless"
-    );
-    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), events.len(), "no duplicate event id");
-
-    let heights: Vec<u64> = events
-        .iter()
-        .filter(|e| e["type"] == "block.connected")
-        .map(|e| e["data"]["height"].as_u64().unwrap())
-        .collect();
-    let first = heights[0];
-    assert_eq!(
-        heights,
-        (first..=node.height()).collect::<Vec<_>>(),
-        "every height exactly once, in order"
-    );
+        .find(|e| e["type"] == "block.connected")
+        .and_then(|e| e["data"]["height"].as_u64())
+        .unwrap();
+    assert_gapless_unique_every_height_once(&events, first, node.height());
 
     // Every deposit stream: versions 0.. without holes, confirmations never going back.
     let mut streams: BTreeMap<&str, Vec<&serde_json::Value>> = BTreeMap::new();

@@ -79,7 +79,9 @@ async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
     assert_eq!(again["txid"], txid.as_str());
     assert_eq!(svc.head().await, head);
 
-    // A conflicting spend of the same deposit: the node refuses it; nothing is appended.
+    // A conflicting spend of the same deposit, paying a higher fee. Each node's policy:
+    // Bitcoin SV refuses it (a 422 with its reason, nothing appended); Bitcoin Core's full
+    // RBF accepts it, and the first withdrawal is then replaced by it.
     let conflicting = node.signed_spend(&deposit, vout, &elsewhere, 1.9998);
     let (status, e) = svc
         .post(
@@ -87,13 +89,28 @@ async fn a_withdrawal_is_broadcast_tracked_to_final_and_debited() {
             json!({"account_id": account, "raw_tx": conflicting}),
         )
         .await;
-    assert_eq!(status, 422, "{e}");
-    assert_eq!(e["error"]["code"], "broadcast_rejected");
-    assert!(e["error"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("raw_tx: the node refused it:"));
-    assert_eq!(svc.head().await, head);
+    let txid = if node.core {
+        assert_eq!(status, 201, "{e}");
+        let replacing = e["txid"].as_str().unwrap().to_string();
+        eventually(Duration::from_secs(10), || async {
+            let events = withdrawal_events(&svc, &txid).await;
+            let last = events.last()?;
+            (last["type"] == "withdrawal.replaced"
+                && last["data"]["replaced_by"] == replacing.as_str())
+            .then_some(())
+        })
+        .await;
+        replacing
+    } else {
+        assert_eq!(status, 422, "{e}");
+        assert_eq!(e["error"]["code"], "broadcast_rejected");
+        assert!(e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("raw_tx: the node refused it:"));
+        assert_eq!(svc.head().await, head);
+        txid
+    };
 
     // Mined, then every confirmation to final (6 in the tests).
     node.mine(6);

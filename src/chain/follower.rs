@@ -1,11 +1,15 @@
 //! The chain follower: fetches what the node has and hands it to the unit of work as
-//! block observations ([`super::block`], where a block is processed). Each round it
-//! compares the node's chain with the stored one; blocks extending the stored tip are
-//! connected one per observation; a stored tip the node no longer has means a reorg:
-//! the fork point is found by the pure [`fork_point`] over the stored tail and the node's
-//! hashes (reading further back until it is found), then the stored blocks above it are
-//! disconnected and the new branch connected up to one block past the old tip, all in
-//! one observation. Every RPC happens before the observation takes the log lock.
+//! block observations ([`super::block`], where a block is processed). It wakes when the
+//! node pushes a block or a transaction over ZMQ ([`super::zmq`]), and every
+//! `POLL_INTERVAL_MS` in any case (the reconciliation that catches what a lost message
+//! missed, and all there is without ZMQ). Each sync compares the node's chain with the
+//! stored one; blocks extending the stored tip are connected one per observation, or
+//! several per observation when it is behind ([`super::catchup`]); a stored tip the node
+//! no longer has means a reorg: the fork point is found by the pure [`fork_point`] over
+//! the stored tail and the node's hashes (reading further back until it is found), then
+//! the stored blocks above it are disconnected and the new branch connected up to one
+//! block past the old tip, all in one observation. Every RPC happens before the
+//! observation takes the log lock.
 //!
 //! Only one instance follows the chain: the holder of a session-level advisory lock.
 
@@ -15,19 +19,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use bitcoin::Block;
+use bitcoin::{Block, Transaction};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::block::BlockObservation;
-use super::mempool::MempoolWatcher;
+use super::block::{BlockObservation, NewTip};
+use super::catchup::{self, Prefetch};
+use super::mempool::{MempoolContext, MempoolWatcher};
 use super::node::Node;
 use super::watches::Watches;
+use super::zmq::{self, Push, ZmqMode, ZmqStatus};
 use crate::domain::fork::{fork_point, Fork};
 use crate::domain::ledger::BlockRef;
 use crate::metrics;
 use crate::projections::read;
-use crate::unit_of_work::UnitOfWork;
+use crate::unit_of_work::{Recorded, UnitOfWork};
 
 /// `pg_try_advisory_lock` key of the chain leader ("chainled" in ASCII).
 const LEADER_LOCK: i64 = 0x6368_6169_6e6c_6564;
@@ -36,13 +42,33 @@ const LEADER_LOCK: i64 = 0x6368_6169_6e6c_6564;
 const FIRST_TAIL: i64 = 8;
 const MAX_TAIL: i64 = 1000;
 
+/// The mempool watcher's view of the follower, borrowing its fields apart from the
+/// watcher itself.
+macro_rules! mempool_context {
+    ($follower:expr) => {
+        MempoolContext {
+            unit_of_work: &$follower.unit_of_work,
+            node: &$follower.node,
+            watches: &mut $follower.watches,
+            final_confirmations: $follower.cfg.final_confirmations,
+            drop_grace: $follower.cfg.drop_grace,
+        }
+    };
+}
+
+/// Transactions pushed over ZMQ handled together (one observation when they matter).
+const PUSHED_BATCH: usize = 1000;
+
 /// What the HTTP status route reports about the follower.
 #[derive(Debug, Default)]
 pub struct FollowerStatus {
     pub leader: AtomicBool,
     /// -1 until known.
     pub node_tip: AtomicI64,
+    /// The lowest height the node still has blocks of (0 unpruned); -1 until known.
+    pub prune_height: AtomicI64,
     pub last_error: Mutex<Option<String>>,
+    pub zmq: Arc<ZmqStatus>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +79,8 @@ pub struct FollowerConfig {
     pub drop_grace: Duration,
     pub start_height: Option<u32>,
     pub poll_interval: Duration,
+    pub zmq: ZmqMode,
+    pub catchup_max_events: usize,
 }
 
 pub struct Follower {
@@ -74,6 +102,7 @@ impl Follower {
         status: Arc<FollowerStatus>,
     ) -> Self {
         status.node_tip.store(-1, Ordering::Relaxed);
+        status.prune_height.store(-1, Ordering::Relaxed);
         Follower {
             unit_of_work,
             node,
@@ -96,25 +125,99 @@ impl Follower {
                 return;
             };
             self.tip = None;
+            let (push_tx, mut pushed) = mpsc::channel(zmq::QUEUE);
+            let mut subscription = None;
+            let mut next_poll = tokio::time::Instant::now();
             loop {
-                let round = self.round().await;
-                *self.status.last_error.lock().expect("not poisoned") =
-                    round.as_ref().err().map(|e| format!("{e:#}"));
-                if let Err(e) = round {
-                    tracing::warn!(error = format!("{e:#}"), "follower round failed; retrying");
-                    self.tip = None;
-                }
-                if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                    tracing::warn!("lost the chain leader lock's connection; stepping down");
-                    self.status.leader.store(false, Ordering::Relaxed);
-                    break;
+                if subscription.is_none() && self.cfg.zmq == ZmqMode::Auto {
+                    subscription = self.subscribe(push_tx.clone()).await;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                    _ = tokio::time::sleep_until(next_poll) => {
+                        let round = self.round().await;
+                        if self.failed(round) {
+                            subscription = None; // the node may be another now: ask again
+                        }
+                        if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
+                            tracing::warn!("lost the chain leader lock's connection; stepping down");
+                            self.status.leader.store(false, Ordering::Relaxed);
+                            break;
+                        }
+                        next_poll = tokio::time::Instant::now() + self.cfg.poll_interval;
+                    }
+                    Some(push) = pushed.recv() => {
+                        let handled = self.on_push(push, &mut pushed).await;
+                        self.failed(handled);
+                    }
                     _ = shutdown.changed() => return,
                 }
             }
         }
+    }
+
+    /// Logs and keeps a round's error for `/v1/status`; true if it failed.
+    fn failed(&mut self, round: anyhow::Result<()>) -> bool {
+        *self.status.last_error.lock().expect("not poisoned") =
+            round.as_ref().err().map(|e| format!("{e:#}"));
+        match round {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "follower round failed; retrying");
+                self.tip = None;
+                true
+            }
+        }
+    }
+
+    /// Subscribes to what the node publishes over ZMQ (nothing: polling alone).
+    async fn subscribe(&self, tx: mpsc::Sender<Push>) -> Option<zmq::Subscription> {
+        let published = match self.node.zmq_endpoints().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "cannot ask the node about ZMQ");
+                return None;
+            }
+        };
+        let subscription = zmq::subscribe(&published, tx, self.status.zmq.clone());
+        metrics::record_zmq_enabled(subscription.is_some());
+        if subscription.is_none() {
+            tracing::info!("the node publishes no ZMQ notifications we use: polling alone");
+        }
+        subscription
+    }
+
+    /// A block: sync now. Transactions: every one already queued, scanned in memory. A
+    /// gap: a whole round, as the poll would.
+    async fn on_push(
+        &mut self,
+        first: Push,
+        queue: &mut mpsc::Receiver<Push>,
+    ) -> anyhow::Result<()> {
+        let mut txs: Vec<Transaction> = Vec::new();
+        let mut sync = false;
+        let mut round = false;
+        let mut next = Some(first);
+        while let Some(push) = next.take() {
+            match push {
+                Push::Block(_) => sync = true,
+                Push::Tx(tx) => txs.push(*tx),
+                Push::Gap => round = true,
+            }
+            if txs.len() < PUSHED_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if round {
+            return self.round().await;
+        }
+        if sync {
+            self.sync().await?;
+        }
+        if !txs.is_empty() {
+            let cx = mempool_context!(self);
+            self.mempool.pushed(cx, txs).await?;
+        }
+        Ok(())
     }
 
     async fn become_leader(&self, shutdown: &mut watch::Receiver<bool>) -> Option<PgConnection> {
@@ -145,25 +248,26 @@ impl Follower {
 
     async fn round(&mut self) -> anyhow::Result<()> {
         self.sync().await?;
-        self.mempool
-            .poll(
-                &self.unit_of_work,
-                &self.node,
-                &mut self.watches,
-                self.cfg.final_confirmations,
-                self.cfg.drop_grace,
-            )
-            .await
+        let cx = mempool_context!(self);
+        self.mempool.poll(cx).await
     }
 
     /// Brings the stored chain to the node's tip.
     async fn sync(&mut self) -> anyhow::Result<()> {
-        let node_tip =
-            u32::try_from(self.node.block_count().await?).context("node height out of range")?;
+        let info = self.node.chain_info().await?;
+        let node_tip = u32::try_from(info.blocks).context("node height out of range")?;
         metrics::record_node_tip(u64::from(node_tip));
         self.status
             .node_tip
             .store(i64::from(node_tip), Ordering::Relaxed);
+        let pruned_below = if info.pruned {
+            info.pruneheight.unwrap_or(0)
+        } else {
+            0
+        };
+        self.status
+            .prune_height
+            .store(pruned_below as i64, Ordering::Relaxed);
         if self.tip.is_none() {
             self.tip = read::tip(self.pool()).await?;
         }
@@ -188,6 +292,10 @@ impl Follower {
                 }
                 return self.reorg(tip, node_tip).await;
             }
+            if node_tip - tip.height > catchup::FROM {
+                self.catch_up(tip, node_tip).await?;
+                continue;
+            }
             let Some(next) = self.fetch(tip.height + 1).await? else {
                 return Ok(());
             };
@@ -195,6 +303,31 @@ impl Follower {
                 return self.reorg(tip, node_tip).await;
             }
             self.observe(vec![], vec![next]).await?;
+        }
+    }
+
+    /// Blocks `tip + 1..=to`, fetched ahead, recorded several per observation until one
+    /// does not extend the stored tip (a reorg: the caller looks) or the node runs out.
+    async fn catch_up(&mut self, tip: BlockRef, to: u32) -> anyhow::Result<()> {
+        tracing::info!(from = tip.height + 1, to, "catching up");
+        let mut fetched = Prefetch::start(self.node.clone(), tip.height + 1, to);
+        let mut prev = tip.hash;
+        let mut per_block = 1;
+        loop {
+            let want = catchup::blocks_for(self.cfg.catchup_max_events, per_block);
+            let mut blocks = fetched.next_batch(want).await?;
+            if blocks.is_empty() {
+                return Ok(());
+            }
+            // Only blocks that chain onto the tip; the rest is for the caller's reorg check.
+            let linked = catchup::linked_prefix(prev, &blocks);
+            if linked == 0 {
+                return Ok(());
+            }
+            blocks.truncate(linked);
+            let (taken, events) = self.observe_batch(blocks, &mut fetched).await?;
+            per_block = events / taken.max(1);
+            prev = self.tip.expect("a batch leaves a tip").hash;
         }
     }
 
@@ -290,27 +423,68 @@ impl Follower {
         if disconnect.is_empty() && connect.is_empty() {
             return Ok(());
         }
-        let blocks = connect.len();
-        let recorded = self
-            .unit_of_work
-            .record(BlockObservation {
-                watches: &mut self.watches,
-                disconnect,
-                connect,
-                final_confirmations: self.cfg.final_confirmations,
-            })
-            .await
-            .context("failed to record an observation")?;
-        tracing::info!(
-            events = recorded.events.len(),
-            last_position = recorded.events.last().map(|e| e.position.0),
-            "block processed"
+        let observation = BlockObservation {
+            watches: &mut self.watches,
+            disconnect,
+            connect,
+            final_confirmations: self.cfg.final_confirmations,
+            max_events: None,
+        };
+        let recorded = record(&self.unit_of_work, observation).await?;
+        self.moved_to(&recorded).await
+    }
+
+    /// Several blocks extending the tip in one observation, as many as fit in
+    /// `CATCHUP_MAX_EVENTS`; those it does not take go back to `fetched`. Returns the
+    /// blocks taken and the events appended.
+    #[tracing::instrument(name = "blocks", skip_all, fields(
+        from = blocks.first().map(|(b, _)| b.height),
+        offered = blocks.len(),
+    ))]
+    async fn observe_batch(
+        &mut self,
+        blocks: Vec<(BlockRef, Block)>,
+        fetched: &mut Prefetch,
+    ) -> anyhow::Result<(usize, usize)> {
+        let observation = BlockObservation::catch_up(
+            &mut self.watches,
+            blocks,
+            self.cfg.final_confirmations,
+            self.cfg.catchup_max_events,
         );
-        metrics::record_blocks(blocks, recorded.outcome.height);
+        let recorded = record(&self.unit_of_work, observation).await?;
+        self.moved_to(&recorded).await?;
+        let (taken, events) = (recorded.outcome.connected, recorded.events.len());
+        fetched.give_back(recorded.outcome.left);
+        Ok((taken, events))
+    }
+
+    /// The stored tip after a recorded block observation.
+    async fn moved_to(&mut self, recorded: &Recorded<NewTip>) -> anyhow::Result<()> {
         self.tip = match recorded.outcome.block {
             Some(b) => Some(b),
             None => read::tip(self.pool()).await?,
         };
         Ok(())
     }
+}
+
+/// Records a block observation.
+async fn record(
+    unit_of_work: &UnitOfWork,
+    observation: BlockObservation<'_>,
+) -> anyhow::Result<Recorded<NewTip>> {
+    let recorded = unit_of_work
+        .record(observation)
+        .await
+        .context("failed to record an observation")?;
+    let tip = &recorded.outcome;
+    tracing::info!(
+        events = recorded.events.len(),
+        last_position = recorded.events.last().map(|e| e.position.0),
+        blocks = tip.connected,
+        "block processed"
+    );
+    metrics::record_blocks(tip.connected, tip.height);
+    Ok(recorded)
 }

@@ -3,9 +3,13 @@
 //! spends what an unconfirmed deposit's or withdrawal's transaction spent
 //! (replace-by-fee); observed withdrawals (spends of deposits made elsewhere, or one the
 //! API broadcast and had not recorded yet); and `*.dropped` when a transaction has been
-//! missing from the mempool, unmined, for the grace period. Each transaction is fetched
-//! once, outside the log lock; the cache is dropped when new addresses are watched, so
-//! earlier transactions are checked again.
+//! missing from the mempool, unmined, for the grace period.
+//!
+//! Transactions arrive two ways: pushed by the node over ZMQ (`rawtx`: no RPC at all), and
+//! by the poll, which lists the mempool, forgets what left it and fetches what is new in
+//! JSON-RPC batches. Every transaction seen is kept in the [`MempoolIndex`]; when new
+//! addresses are watched, the index says which transactions already there pay them, and
+//! only those are fetched again. Everything is fetched outside the log lock.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -14,127 +18,191 @@ use bitcoin::{OutPoint, Transaction, Txid};
 use serde_json::json;
 use sqlx::PgConnection;
 
+use super::mempool_index::MempoolIndex;
 use super::node::Node;
 use super::outgoing;
 use super::watches::Watches;
-use crate::domain::ledger::Key;
-use crate::domain::ledger::{FoundOutput, Ledger, LedgerState};
+use crate::domain::ledger::{FoundOutput, Key, Ledger, LedgerState};
 use crate::domain::tracked::Withdrawal;
 use crate::projections::read;
 use crate::unit_of_work::{Decision, Observation, RecordError, UnitOfWork};
 
 #[derive(Default)]
 pub struct MempoolWatcher {
-    checked: HashSet<Txid>,
+    index: MempoolIndex,
     /// Unconfirmed deposits and withdrawals not in the mempool, since when (reset on a
     /// restart: the grace period then starts again, which only delays `*.dropped`).
     missing_since: HashMap<Key, Instant>,
 }
 
+/// What the mempool part of a follower round needs.
+pub struct MempoolContext<'a> {
+    pub unit_of_work: &'a UnitOfWork,
+    pub node: &'a Node,
+    pub watches: &'a mut Watches,
+    pub final_confirmations: u32,
+    pub drop_grace: Duration,
+}
+
 impl MempoolWatcher {
-    pub async fn poll(
-        &mut self,
-        log: &UnitOfWork,
-        node: &Node,
-        watches: &mut Watches,
-        final_confirmations: u32,
-        drop_grace: Duration,
-    ) -> anyhow::Result<()> {
-        let pool = log.pool();
-        if watches.refresh(&mut *pool.acquire().await?).await? {
-            self.checked.clear();
-        }
-        if watches.is_empty() {
+    /// The transactions indexed, and the bytes the index holds.
+    pub fn indexed(&self) -> (usize, usize) {
+        (self.index.len(), self.index.bytes())
+    }
+
+    /// A poll: the mempool listed, what left it forgotten, what is new fetched (batched),
+    /// the transactions already indexed that pay newly watched scripts fetched again, and
+    /// drops decided.
+    pub async fn poll(&mut self, cx: MempoolContext<'_>) -> anyhow::Result<()> {
+        let pool = cx.unit_of_work.pool();
+        cx.watches.refresh(&mut *pool.acquire().await?).await?;
+        if cx.watches.is_empty() {
             return Ok(());
         }
-        let mempool = node.raw_mempool().await?;
+        let mempool = cx.node.raw_mempool().await?;
         let current: HashSet<Txid> = mempool.iter().copied().collect();
-        self.checked.retain(|t| current.contains(t));
+        self.index.retain(|t| current.contains(t));
+        let mut fetch = self.index.paying(&cx.watches.take_added());
+        fetch.extend(mempool.into_iter().filter(|t| !self.index.contains(t)));
+        let fetched = cx.node.mempool_transactions(&fetch).await?;
+        let txs: Vec<Transaction> = fetched.into_iter().flatten().collect();
         let unconfirmed = read::unconfirmed(pool).await?;
-        let spent_by_tracked: HashSet<OutPoint> = unconfirmed
-            .iter()
-            .flat_map(|(_, inputs)| inputs.iter().copied())
+        let dropped = self.dropped(&unconfirmed, &current, cx.drop_grace);
+        self.observe(cx, txs, unconfirmed, dropped).await
+    }
+
+    /// Transactions the node pushed (ZMQ `rawtx`): no RPC.
+    pub async fn pushed(
+        &mut self,
+        cx: MempoolContext<'_>,
+        txs: Vec<Transaction>,
+    ) -> anyhow::Result<()> {
+        let pool = cx.unit_of_work.pool();
+        cx.watches.refresh(&mut *pool.acquire().await?).await?;
+        let fresh: Vec<Transaction> = txs
+            .into_iter()
+            .filter(|t| !t.is_coinbase() && !self.index.contains(&t.compute_txid()))
             .collect();
-        let mut found = Vec::new();
-        let mut fetched = Vec::new();
-        let mut spends = Vec::new();
-        let mut new_txs = Vec::new();
-        for txid in mempool.into_iter().filter(|t| !self.checked.contains(t)) {
-            if let Some(tx) = node.mempool_transaction(txid).await? {
-                watches.scan(&tx, &mut found);
-                for input in &tx.input {
-                    if spent_by_tracked.contains(&input.previous_output) {
-                        spends.push((txid, input.previous_output));
-                    }
-                }
-                new_txs.push(tx);
-            }
-            fetched.push(txid);
-        }
-        // Spends of deposits: looked up here first, so the usual poll (nothing of ours)
-        // takes no lock; the observation looks again under it.
-        let spending: Vec<Transaction> = if new_txs.is_empty() {
-            Vec::new()
-        } else {
-            let refs: Vec<&Transaction> = new_txs.iter().collect();
-            let mut conn = pool.acquire().await?;
-            outgoing::find(&mut conn, &refs)
+        let mut txs = fresh;
+        // Scripts watched since the last poll: the index may hold payments to them.
+        let again = self.index.paying(&cx.watches.take_added());
+        txs.extend(
+            cx.node
+                .mempool_transactions(&again)
                 .await?
                 .into_iter()
-                .map(|(i, _)| new_txs[i].clone())
-                .collect()
-        };
-        // Transactions that left the mempool unmined, past the grace period.
+                .flatten(),
+        );
+        let unconfirmed = read::unconfirmed(pool).await?;
+        self.observe(cx, txs, unconfirmed, Vec::new()).await
+    }
+
+    /// Unconfirmed deposits and withdrawals missing from the mempool for the grace period.
+    fn dropped(
+        &mut self,
+        unconfirmed: &[(Key, Vec<OutPoint>)],
+        current: &HashSet<Txid>,
+        grace: Duration,
+    ) -> Vec<Key> {
         let now = Instant::now();
         let mut dropped = Vec::new();
         let mut missing = HashMap::new();
-        for (key, _) in &unconfirmed {
+        for &(key, _) in unconfirmed {
             let txid = match key {
                 Key::Deposit(o) => o.txid,
-                Key::Withdrawal(t) => *t,
+                Key::Withdrawal(t) => t,
             };
             if current.contains(&txid) {
                 continue;
             }
-            let since = self.missing_since.get(key).copied().unwrap_or(now);
-            if now.duration_since(since) >= drop_grace {
-                dropped.push(*key);
+            let since = self.missing_since.get(&key).copied().unwrap_or(now);
+            if now.duration_since(since) >= grace {
+                dropped.push(key);
             } else {
-                missing.insert(*key, since);
+                missing.insert(key, since);
             }
         }
         self.missing_since = missing;
-        if !found.is_empty() || !spends.is_empty() || !dropped.is_empty() || !spending.is_empty() {
-            let (replaced, gone) = (spends.len(), dropped.len());
-            let recorded = log
-                .record(MempoolObservation {
-                    found,
-                    spends,
-                    dropped,
-                    spending,
-                    final_confirmations,
-                })
-                .await?;
-            if !recorded.events.is_empty() {
-                tracing::info!(
-                    events = recorded.events.len(),
-                    replaced,
-                    dropped = gone,
-                    "mempool observed"
-                );
-            }
+        dropped
+    }
+
+    /// Indexes `txs` and records what they mean for us, when they mean anything: the
+    /// usual batch (nothing of ours) is looked at without taking the log lock.
+    async fn observe(
+        &mut self,
+        cx: MempoolContext<'_>,
+        txs: Vec<Transaction>,
+        unconfirmed: Vec<(Key, Vec<OutPoint>)>,
+        dropped: Vec<Key>,
+    ) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        for tx in &txs {
+            self.index.insert(tx);
+            cx.watches.scan(tx, &mut found);
         }
-        // Only now: a failure above leaves them to be checked again next round.
-        self.checked.extend(fetched);
+        let pool = cx.unit_of_work.pool();
+        let tracked_inputs: HashSet<OutPoint> = unconfirmed
+            .into_iter()
+            .flat_map(|(_, inputs)| inputs)
+            .chain(found.iter().flat_map(|f| f.inputs.iter().copied()))
+            .collect();
+        // Transactions spending what a tracked one (or one found now) spent: replacements,
+        // or the found deposits' own transactions (which the ledger tells apart).
+        let conflicting: Vec<Transaction> = txs
+            .iter()
+            .filter(|t| {
+                t.input
+                    .iter()
+                    .any(|i| tracked_inputs.contains(&i.previous_output))
+            })
+            .cloned()
+            .collect();
+        // Spends of deposits (withdrawals): looked up here first; the observation looks
+        // again under the lock.
+        let spending: Vec<Transaction> = if txs.is_empty() {
+            Vec::new()
+        } else {
+            let refs: Vec<&Transaction> = txs.iter().collect();
+            let mut conn = pool.acquire().await?;
+            outgoing::find(&mut conn, &refs)
+                .await?
+                .into_iter()
+                .map(|(i, _)| txs[i].clone())
+                .collect()
+        };
+        let own = |t: &Transaction| found.iter().any(|f| f.outpoint.txid == t.compute_txid());
+        let conflicts = conflicting.iter().any(|t| !own(t));
+        if found.is_empty() && !conflicts && spending.is_empty() && dropped.is_empty() {
+            return Ok(());
+        }
+        let (seen, gone) = (found.len(), dropped.len());
+        let recorded = cx
+            .unit_of_work
+            .record(MempoolObservation {
+                found,
+                txs: conflicting,
+                dropped,
+                spending,
+                final_confirmations: cx.final_confirmations,
+            })
+            .await?;
+        if !recorded.events.is_empty() {
+            tracing::info!(
+                events = recorded.events.len(),
+                seen,
+                dropped = gone,
+                "mempool observed"
+            );
+        }
         Ok(())
     }
 }
 
-/// What one poll of the mempool saw, recorded as one observation.
+/// What the mempool showed, recorded as one observation.
 struct MempoolObservation {
     found: Vec<FoundOutput>,
-    /// (spender, outpoint): new transactions spending what a tracked one spent.
-    spends: Vec<(Txid, OutPoint)>,
+    /// New transactions, in arrival order, when one spends what a tracked one spent.
+    txs: Vec<Transaction>,
     dropped: Vec<Key>,
     /// New transactions spending deposits (withdrawals, unless recorded meanwhile).
     spending: Vec<Transaction>,
@@ -167,8 +235,17 @@ impl Observation for MempoolObservation {
         for w in observed {
             ledger.broadcast(w);
         }
-        for (spender, outpoint) in self.spends {
-            ledger.spent(spender, outpoint);
+        // Replacements, against what is tracked now (deposits seen in this very batch too).
+        for tx in &self.txs {
+            let tracked = ledger.unconfirmed_inputs();
+            let txid = tx.compute_txid();
+            for input in tx
+                .input
+                .iter()
+                .filter(|i| tracked.contains(&i.previous_output))
+            {
+                ledger.spent(txid, input.previous_output);
+            }
         }
         ledger.dropped(&self.dropped);
         Ok(Decision::new(ledger.into_events(), ()))

@@ -1,17 +1,21 @@
 //! Following the node: [`node`] is the RPC client (blocking calls run off the async
 //! runtime), [`follower`] fetches blocks and follows reorgs, [`block`] is where a block
 //! is processed (the observation the unit of work records), [`mempool`] watches
-//! 0-confirmation deposits, [`watches`] is the set of scripts they match against,
-//! [`outgoing`] finds spends of deposits, [`rescan`] reads past blocks for addresses
+//! 0-confirmation deposits (with [`mempool_index`], the compact index of the node's
+//! mempool), [`watches`] is the set of scripts they match against,
+//! [`outgoing`] finds spends of deposits, [`zmq`] takes what the node pushes, [`rescan`] reads past blocks for addresses
 //! watched with `rescan_from_height`.
 
 pub mod block;
+pub mod catchup;
 pub mod follower;
 pub mod mempool;
+pub mod mempool_index;
 pub mod node;
 pub mod outgoing;
 pub mod rescan;
 pub mod watches;
+pub mod zmq;
 
 pub use follower::{Follower, FollowerStatus};
 pub use node::Node;

@@ -325,7 +325,23 @@ async fn fetch(node: &Node, height: u32) -> anyhow::Result<(BlockRef, Block)> {
         .block_hash(height)
         .await?
         .with_context(|| format!("the node has no block at height {height}"))?;
-    let block = node.block(hash).await?;
+    let block = match node.block(hash).await {
+        Ok(block) => block,
+        Err(e) => {
+            // A pruned node keeps the headers but not the blocks: say so, with the height.
+            if let Ok(info) = node.chain_info().await {
+                if let Some(pruned) = info
+                    .pruneheight
+                    .filter(|p| info.pruned && u64::from(height) < *p)
+                {
+                    anyhow::bail!(
+                        "the node pruned its blocks below height {pruned}: block {height} cannot be read (rescan from {pruned} or later, or from an unpruned node)"
+                    );
+                }
+            }
+            return Err(e);
+        }
+    };
     Ok((
         BlockRef {
             height,

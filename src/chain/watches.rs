@@ -7,6 +7,7 @@ use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
 use futures::TryStreamExt;
 use sqlx::PgConnection;
 
+use super::mempool_index::script_key;
 use crate::domain::ledger::{FoundOutput, Watch};
 use crate::domain::tracked::inputs_of;
 use crate::domain::Sats;
@@ -16,13 +17,17 @@ pub struct Watches {
     scripts: HashMap<ScriptBuf, Watch>,
     /// Position of the last `address.watched` folded in.
     position: i64,
+    /// Keys of scripts added since [`Watches::take_added`] was last called.
+    added: Vec<u64>,
 }
 
 impl Watches {
-    /// Loads addresses watched since the last refresh; true if there were any. Rows are
-    /// streamed into the map (sized up front), never held all at once: the first load of
-    /// a million scripts would otherwise hold the rows and a growing table together.
-    pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    /// Loads addresses watched since the last refresh (by whoever refreshed: the block
+    /// observation under the log lock, or the mempool watcher); their scripts' keys wait
+    /// in [`Watches::take_added`] for the mempool index. Rows are streamed into the map
+    /// (sized up front), never held all at once: the first load of a million scripts would
+    /// otherwise hold the rows and a growing table together.
+    pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let new = sqlx::query_scalar!(
             "SELECT count(*) FROM addresses WHERE position > $1",
             self.position
@@ -31,7 +36,7 @@ impl Watches {
         .await?
         .unwrap_or(0);
         if new == 0 {
-            return Ok(false);
+            return Ok(());
         }
         self.scripts.reserve(new as usize);
         let mut rows = sqlx::query!(
@@ -41,19 +46,25 @@ impl Watches {
             self.position
         )
         .fetch(&mut *conn);
-        let mut changed = false;
+        self.added.reserve(new as usize);
         while let Some(r) = rows.try_next().await? {
-            changed = true;
             self.position = r.position;
             let watch = Watch {
                 account_id: r.account_id,
                 address: r.address,
                 credit_confirmations: r.credit_confirmations as u32,
             };
-            self.scripts
-                .insert(ScriptBuf::from_bytes(r.script_pubkey), watch);
+            let script = ScriptBuf::from_bytes(r.script_pubkey);
+            self.added.push(script_key(&script));
+            self.scripts.insert(script, watch);
         }
-        Ok(changed)
+        Ok(())
+    }
+
+    /// The keys of the scripts watched since the last call: what the mempool index must
+    /// be matched against.
+    pub fn take_added(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.added)
     }
 
     pub fn is_empty(&self) -> bool {

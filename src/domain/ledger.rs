@@ -85,6 +85,16 @@ impl Ledger {
         }
     }
 
+    /// The metadata of the events emitted from now on (a catch-up batch: each block's).
+    pub fn set_metadata(&mut self, metadata: Value) {
+        self.metadata = metadata;
+    }
+
+    /// Events decided so far.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
     /// Whether the observation knows this deposit or withdrawal (it was loaded, or
     /// found now).
     pub fn is_tracked(&self, key: &Key) -> bool {

@@ -256,6 +256,31 @@ pub(crate) mod examples {
         }
     }
 
+    /// A transaction spending `spends` and paying 1000 sats to each of `pays`.
+    pub fn transaction(spends: &[OutPoint], pays: &[bitcoin::ScriptBuf]) -> Transaction {
+        use bitcoin::{absolute, transaction, Amount, ScriptBuf, Sequence, TxIn, TxOut, Witness};
+        Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: spends
+                .iter()
+                .map(|o| TxIn {
+                    previous_output: *o,
+                    script_sig: ScriptBuf::new(),
+                    sequence: Sequence::MAX,
+                    witness: Witness::new(),
+                })
+                .collect(),
+            output: pays
+                .iter()
+                .map(|s| TxOut {
+                    value: Amount::from_sat(1000),
+                    script_pubkey: s.clone(),
+                })
+                .collect(),
+        }
+    }
+
     pub fn withdrawal(sats: u64, confirmations: u32) -> Withdrawal {
         Withdrawal {
             account_id: Uuid::nil(),
@@ -278,30 +303,15 @@ pub(crate) mod examples {
 mod tests {
     use super::*;
     use bitcoin::hashes::Hash;
-    use bitcoin::{absolute, transaction, Amount, ScriptBuf, Sequence, TxIn, TxOut, Witness};
 
     fn txid(n: u8) -> Txid {
         Txid::from_byte_array([n; 32])
     }
 
     fn spending(inputs: &[OutPoint], out_sats: u64) -> Transaction {
-        Transaction {
-            version: transaction::Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: inputs
-                .iter()
-                .map(|o| TxIn {
-                    previous_output: *o,
-                    script_sig: ScriptBuf::new(),
-                    sequence: Sequence::MAX,
-                    witness: Witness::new(),
-                })
-                .collect(),
-            output: vec![TxOut {
-                value: Amount::from_sat(out_sats),
-                script_pubkey: ScriptBuf::new(),
-            }],
-        }
+        let mut tx = examples::transaction(inputs, &[bitcoin::ScriptBuf::new()]);
+        tx.output[0].value = bitcoin::Amount::from_sat(out_sats);
+        tx
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub async fn add_address(
             script,
             rescan_from: body.rescan_from_height,
             network: s.network.bitcoin(),
+            pruned_below: s
+                .follower
+                .prune_height
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(0),
         })
         .await
         .map_err(address_taken)?;
@@ -126,6 +131,9 @@ struct Watch {
     script: ScriptBuf,
     rescan_from: Option<u32>,
     network: bitcoin::Network,
+    /// The lowest height the node has blocks of, as the follower last saw (0: all, or
+    /// unknown on an instance that does not lead).
+    pruned_below: i64,
 }
 
 /// What `Watch` reads under the lock: the account, whether the address is taken, and the
@@ -185,6 +193,15 @@ impl Observation for Watch {
                 return refuse(ApiError::invalid_field(
                     "rescan_from_height",
                     "no block is synced yet",
+                ))
+            }
+            (Some(from), _) if i64::from(from) < self.pruned_below => {
+                return refuse(ApiError::invalid_field(
+                    "rescan_from_height",
+                    format!(
+                        "below the node's pruned height {}: it no longer has those blocks",
+                        self.pruned_below
+                    ),
                 ))
             }
             (Some(from), Some(tip)) if from > tip => {

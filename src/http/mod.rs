@@ -49,6 +49,8 @@ pub struct AppState {
     pub final_confirmations: u32,
     pub log: LogWatch,
     pub follower: Arc<FollowerStatus>,
+    /// BITCOIND_ZMQ, for `/v1/status`.
+    pub zmq_mode: crate::chain::zmq::ZmqMode,
     /// Refuses webhook URLs on non-public addresses (WEBHOOK_ALLOW_NETS aside).
     pub webhook_guard: Arc<crate::delivery::Guard>,
     /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).

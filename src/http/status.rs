@@ -58,6 +58,24 @@ pub struct Status {
     last_error: Option<String>,
     /// Rescans running, and the last ten finished.
     rescans: Vec<Rescan>,
+    /// The lowest height the node still has blocks of, when it prunes (this instance must
+    /// lead to know).
+    node_pruned_below: Option<i64>,
+    zmq: Zmq,
+}
+
+/// ZMQ push from the node (`BITCOIND_ZMQ`).
+#[derive(Serialize, ToSchema)]
+pub struct Zmq {
+    /// `auto` or `off`.
+    mode: &'static str,
+    /// A socket to the node is connected.
+    connected: bool,
+    /// `topic address` subscribed to (empty: polling alone).
+    endpoints: Vec<String>,
+    messages: u64,
+    /// Messages found missing (then reconciled by polling).
+    gaps: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -99,5 +117,20 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
         leader: s.follower.leader.load(Ordering::Relaxed),
         rescans,
         last_error: s.follower.last_error.lock().expect("not poisoned").clone(),
+        node_pruned_below: known(s.follower.prune_height.load(Ordering::Relaxed))
+            .filter(|p| *p > 0),
+        zmq: Zmq {
+            mode: s.zmq_mode.as_str(),
+            connected: s.follower.zmq.connected.load(Ordering::Relaxed),
+            endpoints: s
+                .follower
+                .zmq
+                .endpoints
+                .lock()
+                .expect("not poisoned")
+                .clone(),
+            messages: s.follower.zmq.messages.load(Ordering::Relaxed),
+            gaps: s.follower.zmq.gaps.load(Ordering::Relaxed),
+        },
     }))
 }

@@ -389,6 +389,27 @@ pub enum PaidAccountsError {
     },
 }
 
+/// The derived addresses among `addresses` whose payment moves their account's look-ahead
+/// window (the window ends less than `lookahead` past their index).
+pub async fn window_movers(
+    conn: &mut PgConnection,
+    addresses: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if addresses.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = sqlx::query_scalar!(
+        r#"SELECT a.address FROM addresses a JOIN accounts acc USING (account_id)
+           WHERE a.address = ANY($1) AND a.derivation_index IS NOT NULL
+             AND acc.lookahead IS NOT NULL
+             AND a.derivation_index + 1 + acc.lookahead > acc.watched_to"#,
+        addresses as &[&str]
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The stored chain's blocks below `below`, highest first, at most `limit`.
 pub async fn stored_blocks_below<'c>(
     conn: impl sqlx::PgExecutor<'c>,

@@ -199,6 +199,14 @@ impl Node {
         ((txid, vout, btc, spk), key.to_wif())
     }
 
+    /// Stops the node and starts it again on the same ports and datadir, with `args`
+    /// added (e.g. `-persistmempool=0`): its connections, ZMQ sockets included, close.
+    pub fn restart(&self, args: &[&str]) {
+        let mut all = vec!["node", "restart", self.dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        tool(&all);
+    }
+
     /// Sends the node's process a signal (`STOP`: it hangs, connections open; `CONT`).
     pub fn signal(&self, signal: &str) {
         let pid = std::fs::read_to_string(self.dir.join("bitcoind.pid")).unwrap();
@@ -259,21 +267,21 @@ impl Node {
         self.call("getrawmempool", &[])
     }
 
-    /// The vout of `txid` that pays `address`.
+    /// The vout of `txid` (a transaction of the node's wallet) that pays `address`. Read
+    /// from the wallet (`gettransaction`), not `getrawtransaction`: the tests' nodes have
+    /// no `-txindex`, as most users' nodes.
     pub fn vout_paying(&self, txid: &str, address: &str) -> u32 {
-        let tx: Value = self.call("getrawtransaction", &[json!(txid), json!(1)]);
-        tx["vout"]
-            .as_array()
+        let tx: Value = self.call("gettransaction", &[json!(txid)]);
+        let raw = hex::decode(tx["hex"].as_str().expect("the wallet's raw transaction")).unwrap();
+        let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(&raw).unwrap();
+        let script = address
+            .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
             .unwrap()
+            .assume_checked()
+            .script_pubkey();
+        tx.output
             .iter()
-            .find(|o| {
-                let spk = &o["scriptPubKey"];
-                spk["address"].as_str() == Some(address)
-                    || spk["addresses"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(address)))
-            })
-            .and_then(|o| o["n"].as_u64())
+            .position(|o| o.script_pubkey == script)
             .expect("an output pays the address") as u32
     }
 }

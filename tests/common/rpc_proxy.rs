@@ -19,6 +19,8 @@ struct Shared {
     node_url: String,
     client: reqwest::Client,
     calls: Arc<Mutex<Vec<String>>>,
+    /// HTTP requests (a batch is one), as the methods each carried.
+    requests: Arc<Mutex<Vec<Vec<String>>>>,
     /// The method whose calls wait, while set.
     held: watch::Sender<Option<String>>,
 }
@@ -35,6 +37,7 @@ impl RpcProxy {
             node_url: node.url.clone(),
             client: reqwest::Client::new(),
             calls: Arc::default(),
+            requests: Arc::default(),
             held: watch::Sender::new(None),
         };
         let app = axum::Router::new()
@@ -52,6 +55,16 @@ impl RpcProxy {
     pub fn calls(&self, method: &str) -> usize {
         let calls = self.shared.calls.lock().unwrap();
         calls.iter().filter(|m| *m == method).count()
+    }
+
+    /// HTTP requests so far that called `method` (a JSON-RPC batch is one request of
+    /// many calls).
+    pub fn requests(&self, method: &str) -> usize {
+        let requests = self.shared.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| r.iter().any(|m| m == method))
+            .count()
     }
 
     /// From now on, calls of `method` wait until [`RpcProxy::release`].
@@ -84,6 +97,7 @@ fn methods(body: &[u8]) -> Vec<String> {
 async fn forward(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let called = methods(&body);
     s.calls.lock().unwrap().extend(called.iter().cloned());
+    s.requests.lock().unwrap().push(called.clone());
     let mut held = s.held.subscribe();
     let _ = held
         .wait_for(|h| h.as_ref().is_none_or(|m| !called.contains(m)))
