@@ -482,6 +482,9 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
     // size, into a copy of the table with its indexes): what the database alone costs.
     let per_append = (events as f64 / appends.max(1.0)).ceil() as usize;
     let raw_secs = shared::raw_insert(&pool, head_before, per_append.max(1)).await?;
+    // And in transactions of one block's events, as a block-at-a-time follower appends.
+    let per_block = (events as f64 / blocks as f64).ceil() as usize;
+    let raw_block_secs = shared::raw_insert(&pool, head_before, per_block.max(1)).await?;
 
     let n = blocks as f64;
     println!(
@@ -510,6 +513,11 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
         "| raw `INSERT … UNNEST` of the same events ({appends:.0} transactions of {per_append}) | | {raw_secs:.2} | | {:.0} | the service's events/s are {:.2} of it |",
         events as f64 / raw_secs,
         raw_secs / service_secs
+    );
+    println!(
+        "| raw `INSERT … UNNEST`, one block's events per transaction ({per_block}) | | {raw_block_secs:.2} | | {:.0} | the service's events/s are {:.2} of it |",
+        events as f64 / raw_block_secs,
+        raw_block_secs / service_secs
     );
     println!();
     println!("Events appended: {events} ({})", {
@@ -556,6 +564,159 @@ async fn catchup(args: &[String]) -> anyhow::Result<()> {
             100.0 * secs / service_secs
         );
     }
+    Ok(())
+}
+
+/// `mainnet`: blocks shaped like mainnet's (TXS transactions each, PERMILLE of them paying
+/// one of ADDRESSES watched addresses), the follower's rate against the node's own
+/// `getblockhash` + `getblock` over the same blocks.
+async fn mainnet(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |s| Ok(s.parse()?))
+    };
+    let (blocks, per_block, n_addresses, permille) =
+        (arg(0, 30)?, arg(1, 3000)?, arg(2, 100_000)?, arg(3, 10)?);
+    let rpc = Rpc::from_env(Duration::from_secs(600))?;
+    let wallet = Wallet::new(node_flavour(&rpc)?);
+    let addresses: Vec<Address> = (0..n_addresses).map(watched_address).collect();
+    let started = Instant::now();
+    let mut paid = 0usize;
+    let (first, tip) = build_chain(&rpc, &wallet, (blocks, per_block), |b, j| {
+        let i = b * per_block + j;
+        if i % 1000 < permille {
+            paid += 1;
+            addresses[paid % n_addresses].clone()
+        } else {
+            watched_address(10_000_000 + i) // nobody watches these
+        }
+    })
+    .await?;
+    eprintln!(
+        "bench: built blocks {first}..={tip} ({} transactions) in {:.1} s",
+        blocks * per_block,
+        started.elapsed().as_secs_f64()
+    );
+    let (node_secs, _, txs, bytes) = node_pass(&rpc, first, tip)?;
+    let url = shared::create_database("mainnet").await?;
+    let watch_secs = watch(&url, &addresses).await?;
+    eprintln!("bench: {n_addresses} addresses watched in {watch_secs:.1} s");
+    let pool = PgPool::connect(&url).await?;
+    let head_before = store::head(&pool).await?;
+    let started = Instant::now();
+    let running = chainledger::app::start(config(&url, &rpc, first)).await?;
+    loop {
+        let synced: Option<i32> = sqlx::query_scalar("SELECT max(height) FROM chain_blocks")
+            .fetch_one(&pool)
+            .await?;
+        if synced == Some(tip as i32) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "not synced within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let service_secs = started.elapsed().as_secs_f64();
+    running.shutdown().await;
+    let (node_secs_after, _, _, _) = node_pass(&rpc, first, tip)?;
+    let node_best = node_secs.min(node_secs_after);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE position > $1")
+        .bind(head_before)
+        .fetch_one(&pool)
+        .await?;
+    let deposits: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE position > $1 AND type = 'deposit.seen'",
+    )
+    .bind(head_before)
+    .fetch_one(&pool)
+    .await?;
+    let n = blocks as f64;
+    println!("| measure | blocks | seconds | blocks/s | note |\n|---|---:|---:|---:|---|");
+    println!(
+        "| node: getblockhash + getblock 0 (best of before/after) | {blocks} | {node_best:.2} | {:.1} | {:.1} MB of blocks, {txs} transactions (before {node_secs:.2} s, after {node_secs_after:.2} s) |",
+        n / node_best,
+        bytes as f64 / 1e6
+    );
+    println!(
+        "| service: start to synced tip | {blocks} | {service_secs:.2} | {:.1} | {:.2} of the node's rate; {events} events ({deposits} deposits), {:.0} events/s |",
+        n / service_secs,
+        node_best / service_secs,
+        events as f64 / service_secs
+    );
+    Ok(())
+}
+
+/// `mempool`: the mempool index fed TXS transactions (two inputs, two outputs each, as
+/// mainnet's are typically) directly: the rate of indexing, the bytes it holds (its own
+/// count and the process's RSS growth), and the time to match a newly watched script.
+fn mempool(args: &[String]) -> anyhow::Result<()> {
+    use chainledger::chain::mempool_index::{script_key, MempoolIndex};
+    let n: usize = args.first().map_or(Ok(100_000), |s| s.parse())?;
+    let script = |i: usize| watched_address(20_000_000 + i).script_pubkey();
+    // As the node sends them: serialised (getrawtransaction's hex, decoded); made one at a
+    // time, so the decoded ones do not sit in memory the index then reuses.
+    let raw: Vec<Vec<u8>> = (0..n)
+        .map(|i| Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: (0..2)
+                .map(|k| TxIn {
+                    previous_output: OutPoint::new(
+                        bitcoin::Txid::from_byte_array(
+                            sha256::Hash::hash(format!("{i}/{k}").as_bytes()).to_byte_array(),
+                        ),
+                        k,
+                    ),
+                    script_sig: ScriptBuf::from_bytes(vec![0x51; 107]),
+                    sequence: Sequence::MAX,
+                    witness: Witness::new(),
+                })
+                .collect(),
+            output: (0..2)
+                .map(|k| TxOut {
+                    value: Amount::from_sat(10_000),
+                    script_pubkey: script(2 * i + k),
+                })
+                .collect(),
+        })
+        .map(|tx| bitcoin::consensus::serialize(&tx))
+        .collect();
+    let rss = || vm_status(std::process::id()).map(|s| s.get("VmRSS").copied().unwrap_or(0));
+    let before = rss()?;
+    let mut index = MempoolIndex::default();
+    let started = Instant::now();
+    for bytes in &raw {
+        let tx: Transaction = bitcoin::consensus::deserialize(bytes)?;
+        index.insert(&tx);
+    }
+    let index_secs = started.elapsed().as_secs_f64();
+    let after = rss()?;
+    let wanted = [script_key(&script(2 * (n / 2) + 1))];
+    let started = Instant::now();
+    let found = index.paying(&wanted);
+    let match_ms = started.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        found.len() == 1,
+        "the watched script is paid once, found {}",
+        found.len()
+    );
+    println!("| mempool of {n} transactions (2 in, 2 out) | figure |\n|---|---:|");
+    println!(
+        "| indexing (raw transactions decoded, txid computed, keys hashed) | {index_secs:.2} s, {:.0} transactions/s |",
+        n as f64 / index_secs
+    );
+    println!(
+        "| bytes the index counts (keys, entries, map slots) | {} ({:.0} per transaction) |",
+        index.bytes(),
+        index.bytes() as f64 / n as f64
+    );
+    println!(
+        "| the process's RSS growth while indexing | {:.1} MiB ({:.0} bytes per transaction) |",
+        (after.saturating_sub(before)) as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 * 1024.0 / n as f64
+    );
+    println!("| matching one newly watched script | {match_ms:.2} ms |");
     Ok(())
 }
 
@@ -1107,9 +1268,12 @@ async fn main() -> anyhow::Result<()> {
         Some("rss") => rss(&args[1..]).await,
         Some("rescan") => rescan(&args[1..]).await,
         Some("watchrss") => watchrss(&args[1..]).await,
+        Some("mainnet") => mainnet(&args[1..]).await,
+        Some("mempool") => mempool(&args[1..]),
         _ => bail!(
             "usage: bench_chain catchup [BLOCKS TXS ADDRESSES] | rss BINARY [ADDRESSES BASELINE] \
-             | rescan [BLOCKS TXS EVERY REPEATS] | watchrss BINARY [SCRIPTS LOOKAHEAD]"
+             | rescan [BLOCKS TXS EVERY REPEATS] | watchrss BINARY [SCRIPTS LOOKAHEAD] \
+             | mainnet [BLOCKS TXS ADDRESSES PERMILLE] | mempool [TXS]"
         ),
     }
 }

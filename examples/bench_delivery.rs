@@ -583,7 +583,12 @@ fn arrival_receiver() -> anyhow::Result<(String, tokio::sync::mpsc::UnboundedRec
                 async move {
                     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                     let _ = tx.send(Arrival {
-                        hash: v["data"]["hash"].as_str().unwrap_or_default().to_string(),
+                        // A block's hash, or a deposit's txid.
+                        hash: v["data"]["hash"]
+                            .as_str()
+                            .or(v["data"]["txid"].as_str())
+                            .unwrap_or_default()
+                            .to_string(),
                         at,
                         wall,
                         recorded_at: v["recorded_at"].as_str().and_then(|s| s.parse().ok()),
@@ -606,37 +611,66 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn latency(args: &[String]) -> anyhow::Result<()> {
     let blocks: usize = args.first().map_or(Ok(100), |s| s.parse())?;
     let poll_ms: u64 = args.get(1).map_or(Ok(1000), |s| s.parse())?;
+    let deposits: usize = args.get(2).map_or(Ok(blocks), |s| s.parse())?;
     let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let (hook, mut arrivals) = arrival_receiver()?;
     let url = shared::create_database(&format!("latency_{poll_ms}")).await?;
     let running =
         chainledger::app::start(config(&url, &rpc, rpc.height()? + 1, 16, poll_ms)).await?;
     let api = format!("http://{}", running.addr);
-    let r = reqwest::Client::new()
-        .post(format!("{api}/v1/subscribers"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"url": hook, "types": "block.connected", "start": "now"}))
-        .send()
-        .await?;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{api}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/subscribers",
+        json!({"url": hook, "types": "block.connected,deposit.seen", "start": "now"}),
+    )
+    .await?;
     anyhow::ensure!(r.status() == 201, "create: {}", r.text().await?);
+    let watched: String = rpc.call("getnewaddress", &[])?;
+    let account: Value = post("/v1/accounts", json!({"label": "latency"}))
+        .await?
+        .json()
+        .await?;
+    let r = post(
+        &format!(
+            "/v1/accounts/{}/addresses",
+            account["id"].as_str().unwrap_or_default()
+        ),
+        json!({"address": watched}),
+    )
+    .await?;
+    anyhow::ensure!(r.status() == 201, "watch: {}", r.text().await?);
 
+    // Node accepted (the RPC returned) → that event's webhook arrived.
+    async fn until(
+        arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<Arrival>,
+        id: &str,
+    ) -> anyhow::Result<Arrival> {
+        loop {
+            let a = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+                .await
+                .context("no webhook within 30 s")?
+                .context("receiver stopped")?;
+            if a.hash == id {
+                return Ok(a);
+            }
+        }
+    }
     let mut total = Vec::new();
     let mut to_append = Vec::new();
     let mut to_arrive = Vec::new();
+    let mut deposit_total = Vec::new();
     for _ in 0..blocks {
         let pause = rand::thread_rng().gen_range(0..poll_ms.max(1));
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let hash = rpc.mine_one().await?;
         let (accepted, accepted_wall) = (Instant::now(), SystemTime::now());
-        let arrival = loop {
-            let a = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
-                .await
-                .context("no webhook within 30 s")?
-                .context("receiver stopped")?;
-            if a.hash == hash {
-                break a;
-            }
-        };
+        let arrival = until(&mut arrivals, &hash).await?;
         total.push(arrival.at.duration_since(accepted).as_secs_f64() * 1000.0);
         if let Some(rec) = arrival.recorded_at {
             let rec: SystemTime = rec.into();
@@ -648,14 +682,29 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
             to_arrive.push(ms(arrival.wall, rec));
         }
     }
+    for i in 0..deposits {
+        let pause = rand::thread_rng().gen_range(0..poll_ms.max(1).min(500));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let txid: String = rpc.call("sendtoaddress", &[json!(watched), json!(0.01)])?;
+        let accepted = Instant::now();
+        let arrival = until(&mut arrivals, &txid).await?;
+        deposit_total.push(arrival.at.duration_since(accepted).as_secs_f64() * 1000.0);
+        if i % 20 == 19 {
+            rpc.mine_one().await?; // unconfirmed change chains hit the node's limits
+        }
+    }
     running.shutdown().await;
 
-    println!("| POLL_INTERVAL_MS {poll_ms}, {blocks} blocks | p50 ms | p90 ms | p99 ms | max ms | mean ms |");
+    println!("| POLL_INTERVAL_MS {poll_ms}, {blocks} blocks, {deposits} mempool deposits | p50 ms | p90 ms | p99 ms | max ms | mean ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (what, v) in [
         ("block accepted → webhook arrived", &mut total),
         ("accepted → event appended (`recorded_at`)", &mut to_append),
         ("appended → webhook arrived", &mut to_arrive),
+        (
+            "mempool deposit accepted → `deposit.seen` webhook arrived",
+            &mut deposit_total,
+        ),
     ] {
         if v.is_empty() {
             continue;

@@ -13,15 +13,16 @@
 //! move a derived account's look-ahead window (the next block must be scanned with the
 //! new addresses watched).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use bitcoin::Block;
+use bitcoin::{Block, OutPoint};
 use serde_json::json;
 use sqlx::PgConnection;
 
 use super::outgoing::Lookup;
 use super::watches::Watches;
 use crate::domain::ledger::{BlockRef, FoundOutput, Ledger, LedgerState};
+use crate::domain::tracked::Spent;
 use crate::projections::read;
 use crate::unit_of_work::{Decision, Observation, RecordError};
 
@@ -127,7 +128,8 @@ impl Observation for BlockObservation<'_> {
         for b in &self.disconnect {
             ledger.disconnect_block(b);
         }
-        let mut earlier: Vec<FoundOutput> = Vec::new();
+        // Deposits found in this observation's earlier blocks, which later ones may spend.
+        let mut earlier: BTreeMap<OutPoint, Spent> = BTreeMap::new();
         let mut connected = 0;
         for ((b, block), found) in self.connect.iter().zip(found) {
             if batch {
@@ -142,7 +144,13 @@ impl Observation for BlockObservation<'_> {
                 }
             }
             record_spends(&mut ledger, b, block);
-            earlier.extend(found);
+            earlier.extend(found.into_iter().map(|f| {
+                let spent = Spent {
+                    account_id: f.watch.account_id,
+                    amount: f.value,
+                };
+                (f.outpoint, spent)
+            }));
             connected += 1;
             if batch {
                 ledger.settle(b.height);

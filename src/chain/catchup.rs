@@ -123,3 +123,39 @@ pub fn linked_prefix(mut prev: bitcoin::BlockHash, blocks: &[(BlockRef, Block)])
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+    use bitcoin::BlockHash;
+
+    fn block(height: u32, prev: BlockHash) -> (BlockRef, Block) {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&height.to_le_bytes());
+        let hash = BlockHash::from_byte_array(bytes);
+        let genesis = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest);
+        (
+            BlockRef {
+                height,
+                hash,
+                prev_hash: prev,
+                time: 0,
+            },
+            genesis,
+        )
+    }
+
+    #[test]
+    fn only_blocks_chaining_onto_the_tip_are_taken_and_batches_follow_the_event_rate() {
+        let tip = BlockHash::all_zeros();
+        let a = block(1, tip);
+        let b = block(2, a.0.hash);
+        let stray = block(3, tip);
+        assert_eq!(linked_prefix(tip, &[a.clone(), b.clone(), stray]), 2);
+        assert_eq!(linked_prefix(b.0.hash, &[a]), 0);
+        assert_eq!(blocks_for(20_000, 1000), 20);
+        assert_eq!(blocks_for(20_000, 0), 4 * AHEAD);
+        assert_eq!(blocks_for(10, 1000), 1);
+    }
+}

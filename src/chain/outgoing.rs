@@ -65,12 +65,15 @@ impl Lookup {
 
     /// The withdrawal `tx` is, unless recorded already: of the deposits stored before,
     /// and of `earlier` (deposits found by this observation before `tx`'s block).
-    pub fn withdrawal(&self, tx: &Transaction, earlier: &[FoundOutput]) -> Option<Withdrawal> {
+    pub fn withdrawal(
+        &self,
+        tx: &Transaction,
+        earlier: &BTreeMap<OutPoint, Spent>,
+    ) -> Option<Withdrawal> {
         if tx.is_coinbase() {
             return None;
         }
-        let spends_ours =
-            |o: &OutPoint| self.spent.contains_key(o) || earlier.iter().any(|f| f.outpoint == *o);
+        let spends_ours = |o: &OutPoint| self.spent.contains_key(o) || earlier.contains_key(o);
         if !tx.input.iter().any(|i| spends_ours(&i.previous_output)) {
             return None;
         }
@@ -79,11 +82,8 @@ impl Lookup {
             return None;
         }
         let mut spent = self.spent.clone();
-        for f in earlier {
-            spent.entry(f.outpoint).or_insert(Spent {
-                account_id: f.watch.account_id,
-                amount: f.value,
-            });
+        for (o, s) in earlier {
+            spent.entry(*o).or_insert(*s);
         }
         let (account, source) = match self.requested.get(&txid) {
             Some(account) => (Some(*account), Source::Api),
@@ -103,6 +103,6 @@ pub async fn find(
     Ok(txs
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| lookup.withdrawal(t, &[]).map(|w| (i, w)))
+        .filter_map(|(i, t)| lookup.withdrawal(t, &BTreeMap::new()).map(|w| (i, w)))
         .collect())
 }
