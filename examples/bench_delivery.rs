@@ -615,6 +615,9 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
     let rpc = Rpc::from_env(Duration::from_secs(60))?;
     let (hook, mut arrivals) = arrival_receiver()?;
     let url = shared::create_database(&format!("latency_{poll_ms}")).await?;
+    // Coins for the mempool deposits: a mature coinbase of the node's wallet.
+    let funding: String = rpc.call("getnewaddress", &[])?;
+    let _: Value = rpc.call("generatetoaddress", &[json!(101), json!(funding)])?;
     let running =
         chainledger::app::start(config(&url, &rpc, rpc.height()? + 1, 16, poll_ms)).await?;
     let api = format!("http://{}", running.addr);
