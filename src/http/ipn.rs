@@ -75,8 +75,8 @@ pub struct Totals {
     unconfirmed_sats: u64,
 }
 
-#[utoipa::path(get, path = "/btc", tag = "crypto-ipn",
-    description = "Also POST, with `address` as a form field.",
+#[utoipa::path(method(get, post), path = "/btc", tag = "crypto-ipn",
+    description = "GET with `address` in the query, or POST with it as a form field.",
     params(("address" = String, Query, description = "a watched address")),
     request_body(content = String, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = Totals), (status = 400), (status = 404)),
@@ -105,14 +105,17 @@ pub async fn balance(
     }))
 }
 
-#[utoipa::path(get, path = "/btc_ipn", tag = "crypto-ipn",
-    description = "Also POST, with the fields in a form body. Answers text `success` or `fail`.",
+#[utoipa::path(method(get, post), path = "/btc_ipn", tag = "crypto-ipn",
+    description = "GET with the fields in the query, or POST with them in a form body. Answers text `success` or `fail` (the reason in the `chainledger-error` header).",
     params(("address" = String, Query, description = "a watched address"),
            ("url" = String, Query, description = "where IPN notifications go"),
            ("max_confirms" = Option<u32>, Query, description = "default 3"),
            ("ipn_auth" = Option<String>, Query, description = "default IPN_AUTH, else random")),
     request_body(content = String, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "success"), (status = 422, description = "fail")),
+    responses((status = 200, description = "success", content_type = "text/plain", body = String),
+              (status = 400, description = "fail: a field that cannot be read", content_type = "text/plain", body = String),
+              (status = 404, description = "fail: the address is not watched", content_type = "text/plain", body = String),
+              (status = 422, description = "fail: a field out of range", content_type = "text/plain", body = String)),
     security(("bearer" = [])))]
 /// `/btc_ipn`: `success` once `url` is subscribed to the address (again: already
 /// subscribed with the same `max_confirms` is a success too); else `fail`, with the reason

@@ -71,6 +71,46 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Every route [`router`] serves, as (OpenAPI path, method): the OpenAPI document's unit
+/// test checks each is documented. Keep it beside the router.
+#[cfg(test)]
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/metrics", "get"),
+    ("/openapi.json", "get"),
+    ("/btc", "get"),
+    ("/btc", "post"),
+    ("/btc_ipn", "get"),
+    ("/btc_ipn", "post"),
+    ("/bitcart", "post"),
+    ("/bitcart/", "post"),
+    ("/bitcart/ws", "get"),
+    ("/ws", "get"),
+    ("/bitcart/spec", "get"),
+    ("/spec", "get"),
+    ("/v1/status", "get"),
+    ("/v1/accounts", "post"),
+    ("/v1/accounts/{id}", "get"),
+    ("/v1/accounts/{id}/balance", "get"),
+    ("/v1/accounts/{id}/addresses", "post"),
+    ("/v1/accounts/{id}/addresses/{index}", "get"),
+    ("/v1/addresses/{address}", "get"),
+    ("/v1/withdrawals", "post"),
+    ("/v1/deposits", "get"),
+    ("/v1/deposits/{txid}/{vout}", "get"),
+    ("/v1/events", "get"),
+    ("/v1/events/stream", "get"),
+    ("/v1/audit/export", "get"),
+    ("/v1/subscribers", "post"),
+    ("/v1/subscribers", "get"),
+    ("/v1/subscribers/{id}", "get"),
+    ("/v1/subscribers/{id}", "delete"),
+    ("/v1/subscribers/{id}/replay", "post"),
+    ("/v1/subscribers/{id}/enable", "post"),
+    ("/v1/subscribers/{id}/deliveries", "get"),
+];
+
 pub fn router(state: AppState) -> Router {
     let cors = (!state.cors_allow_origins.is_empty()).then(|| {
         tower_http::cors::CorsLayer::new()

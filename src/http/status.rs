@@ -15,10 +15,17 @@ use super::error::ApiError;
 use super::AppState;
 use crate::{metrics, store};
 
+#[utoipa::path(get, path = "/healthz", tag = "status",
+    responses((status = 200, description = "the process is up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "status",
+    responses((status = 200, description = "the database and the node answer", body = Object,
+               example = json!({"database": true, "node": true})),
+              (status = 503, description = "the database or the node does not answer (named false)", body = Object,
+               example = json!({"database": true, "node": false}))))]
 /// 200 when both the database and the node answer within two seconds, else 503 naming which.
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let timeout = Duration::from_secs(2);
@@ -38,6 +45,8 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (status, Json(json!({"database": db, "node": node})))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

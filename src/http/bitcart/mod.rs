@@ -28,7 +28,7 @@ use crate::domain::events::Event;
 use crate::domain::stream::{EventAt, Position};
 use crate::store::{self, StoredEvent};
 
-mod ws;
+pub(crate) mod ws;
 pub use ws::ws;
 
 /// Events read per page; a page's updates are capped at [`MAX_UPDATES`] (the daemon drops
@@ -137,6 +137,8 @@ impl From<sqlx::Error> for RpcError {
 
 /// `GET /bitcart/spec`: the daemon's spec shape, `{"version", "exceptions"}`; the SDK
 /// fetches it to name the exception an error code raises.
+#[utoipa::path(get, path = "/bitcart/spec", tag = "bitcart",
+    responses((status = 200, description = "`{\"version\", \"exceptions\"}`", body = Object)))]
 pub async fn spec() -> axum::Json<Value> {
     let exceptions: serde_json::Map<String, Value> = CODES
         .iter()
@@ -153,6 +155,11 @@ pub async fn spec() -> axum::Json<Value> {
 /// `POST /bitcart`: one JSON-RPC 2.0 request, whatever its Content-Type (the SDK sends
 /// text/plain). Every answer is HTTP 200 with the request's `id`: the SDK decodes any
 /// body as JSON-RPC and crashes on anything else, a 401 included.
+#[utoipa::path(post, path = "/bitcart", tag = "bitcart",
+    description = "One JSON-RPC 2.0 request (Bitcart daemon methods), Basic auth (BITCART_USER / BITCART_PASSWORD). Errors, a wrong password included, are JSON-RPC errors in a 200.",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "a JSON-RPC response: `result` or `error`", body = Object)),
+    security(("basic" = [])))]
 pub async fn rpc(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -23,6 +23,14 @@ use crate::http::AppState;
 
 /// `GET /bitcart/ws`: Basic auth on the upgrade (a refusal is a 401 with a JSON-RPC body:
 /// a websocket handshake cannot answer 200).
+#[utoipa::path(get, path = "/bitcart/ws", tag = "bitcart",
+    description = "The Bitcart event websocket (Basic auth on the upgrade); messages at most 64 KiB.",
+    responses((status = 101, description = "switched to the websocket protocol"),
+              (status = 400, description = "not a websocket upgrade request", content_type = "text/plain", body = String),
+              (status = 401, description = "wrong or missing Basic credentials, as a JSON-RPC error", body = Object),
+              (status = 405, description = "not GET", content_type = "text/plain", body = String),
+              (status = 426, description = "not a websocket upgrade request", content_type = "text/plain", body = String)),
+    security(("basic" = [])))]
 pub async fn ws(
     State(s): State<AppState>,
     headers: HeaderMap,
