@@ -83,7 +83,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let log = LogWatch::start(pool.clone())
         .await
         .context("failed to listen for appended events")?;
-    let status = Arc::new(FollowerStatus::default());
+    let instance_id = cfg.instance_id.clone().unwrap_or_else(default_instance_id);
+    let status = Arc::new(FollowerStatus {
+        instance_id: instance_id.clone(),
+        ..FollowerStatus::default()
+    });
     let (stop, stopped) = watch::channel(false);
     let unit_of_work = UnitOfWork::new(pool.clone(), cfg.network.bitcoin());
     let follower = Follower::new(
@@ -96,6 +100,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             poll_interval: cfg.poll_interval(),
             zmq: cfg.bitcoind_zmq,
             catchup_max_events: cfg.catchup_max_events as usize,
+            leader_lease: std::time::Duration::from_millis(cfg.leader_lease_ms),
+            instance_id: instance_id.clone(),
         },
         status.clone(),
     );
@@ -162,4 +168,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         tasks: vec![follower_task, rescan_task, dispatcher_task, server],
     })
+}
+
+/// `<host name>-<8 hex digits>`: which machine, and new at every start (a restarted
+/// instance is a new lease holder).
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "chainledger".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }

@@ -179,6 +179,14 @@ pub struct Config {
     /// reconciliation that catches what a lost message missed).
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
+    /// How long the chain leader lease lasts without renewal (renewed every third of it):
+    /// a dead or paused leader is replaced after at most this plus a quarter of it.
+    #[arg(long, env = "LEADER_LEASE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub leader_lease_ms: u64,
+    /// This instance's name in the leader lease and `/v1/status`; default: the host name
+    /// and a random suffix, new at each start.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// `auto`: subscribe to the node's ZMQ notifications (blocks, transactions) when it
     /// publishes them, and poll as well; `off`: poll only.
     #[arg(long, env = "BITCOIND_ZMQ", value_enum, default_value = "auto")]
@@ -365,6 +373,8 @@ impl fmt::Debug for Config {
             .field("final_confirmations", &self.final_confirmations)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("bitcoind_zmq", &self.bitcoind_zmq)
+            .field("leader_lease_ms", &self.leader_lease_ms)
+            .field("instance_id", &self.instance_id)
             .field("catchup_max_events", &self.catchup_max_events)
             .field("start_height", &self.start_height)
             .field("mempool_drop_grace_secs", &self.mempool_drop_grace_secs)

@@ -5,24 +5,45 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::{redact_url, DatabaseArgs};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// TCP keepalives the server sends on every connection of ours: an instance that died
+/// without closing its connections (a power cut, a partition) is noticed by PostgreSQL
+/// within 10 + 3 × 5 = 25 s, which ends its sessions and frees what they held (row
+/// locks of an append in flight, delivery leases). A paused process still answers
+/// keepalives from its kernel: the leader lease (`leadership`) and the unit of work's
+/// idle-in-transaction timeout cover that case.
+const KEEPALIVES: [(&str, &str); 3] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+];
+
 /// Connects, retrying once a second; the error names the (redacted) URL and the last cause.
 /// `max_connections` must cover the connections held for long (the follower's leader
-/// lock, the event listener, one per webhook worker, the webhook journal writer) plus the HTTP handlers' share.
+/// lease's renewals, the event listener, one per webhook worker, the webhook journal writer) plus the HTTP handlers' share.
 pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
     let attempts = args.database_connect_retries.max(1);
     let mut last = None;
     for attempt in 1..=attempts {
+        let options = match args.database_url.parse::<PgConnectOptions>() {
+            Ok(o) => o.options(KEEPALIVES),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "DATABASE_URL {} is not a PostgreSQL URL: {e}",
+                    redact_url(&args.database_url)
+                ))
+            }
+        };
         match PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&args.database_url)
+            .connect_with(options)
             .await
         {
             Ok(pool) => return Ok(pool),

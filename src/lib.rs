@@ -32,6 +32,8 @@
 //! - [`audit`]: the audit export (JSON Lines, CSV) and the hash-chain verifier.
 //! - [`tools`]: the operator subcommands (`rebuild-projections`, `audit-export`,
 //!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].
+//! - [`leadership`]: which instance follows the chain: a lease with a fencing epoch that
+//!   the follower's every append checks.
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
 //! - [`config`], [`db`], [`metrics`]: the configuration struct, connecting and migrating,
 //!   Prometheus counters and gauges.
@@ -45,6 +47,7 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod leadership;
 pub mod metrics;
 pub mod projections;
 pub mod store;

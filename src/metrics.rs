@@ -20,6 +20,8 @@ struct Metrics {
     delivery_seconds: Histogram,
     zmq_mode: IntGauge,
     zmq_connected: IntGauge,
+    leader: IntGauge,
+    leader_epoch: IntGauge,
     zmq_gaps: IntCounter,
 }
 
@@ -100,6 +102,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "chainledger_zmq_connected",
         "1 while a ZMQ socket to the node is connected",
     );
+    let leader = gauge(
+        "chainledger_leader",
+        "1 while this instance holds the chain leader lease, else 0",
+    );
+    let leader_epoch = gauge(
+        "chainledger_leader_epoch",
+        "the lease epoch this instance leads with (0 when it does not lead)",
+    );
     let zmq_gaps = counter(
         "chainledger_zmq_gaps_total",
         "ZMQ messages found missing (counters that skipped, reconnects, a full queue)",
@@ -108,6 +118,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registry,
         zmq_mode,
         zmq_connected,
+        leader,
+        leader_epoch,
         zmq_gaps,
         node_tip_height,
         synced_tip_height,
@@ -142,6 +154,11 @@ pub fn record_node_tip(height: u64) {
 
 pub fn record_zmq_enabled(enabled: bool) {
     METRICS.zmq_mode.set(i64::from(enabled));
+}
+
+pub fn record_leader(leading: bool, epoch: i64) {
+    METRICS.leader.set(i64::from(leading));
+    METRICS.leader_epoch.set(epoch);
 }
 
 pub fn record_zmq_connected(up: bool) {

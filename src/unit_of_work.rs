@@ -4,7 +4,9 @@
 //! transaction:
 //!
 //! 1. **lock** the log (`log_head`'s row): everything committed before is visible to the
-//!    reads that follow, and nothing commits in between;
+//!    reads that follow, and nothing commits in between; a fenced unit of work (the chain
+//!    follower's) also checks that it still holds the leader lease's epoch
+//!    ([`crate::leadership`]);
 //! 2. **load** what the decision needs from the projections ([`Observation::load`]);
 //! 3. **decide**, purely ([`Observation::decide`], usually through
 //!    [`crate::domain::ledger::Ledger`]);
@@ -20,12 +22,14 @@
 //! dispatcher reads the log), never while the lock is held.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::events::Event;
 use crate::domain::stream::{EventAt, NewEvent};
+use crate::leadership::Fence;
 use crate::projections;
 use crate::projections::read::PaidAccountsError;
 use crate::store::{self, AppendError, StoredEvent};
@@ -90,6 +94,10 @@ pub enum RecordError {
     /// A decision found the stored state impossible (a bug or a hand-edited projection).
     #[error("{0}")]
     Inconsistent(String),
+    /// The chain leader lease this unit of work was fenced with is no longer held:
+    /// another instance took over, so nothing was appended.
+    #[error("no longer the chain leader (lease epoch {0} was taken over)")]
+    Fenced(i64),
 }
 
 impl From<AppendError> for RecordError {
@@ -107,11 +115,30 @@ impl From<AppendError> for RecordError {
 pub struct UnitOfWork {
     pool: PgPool,
     network: bitcoin::Network,
+    fence: Option<Arc<Fence>>,
 }
+
+/// How long a unit of work's transaction may sit idle (a writer paused by SIGSTOP or cut
+/// off mid-transaction) before PostgreSQL ends its session and so frees the log lock. No
+/// writer waits on anything but the database inside it.
+const IDLE_IN_TRANSACTION: &str = "5s";
 
 impl UnitOfWork {
     pub fn new(pool: PgPool, network: bitcoin::Network) -> Self {
-        UnitOfWork { pool, network }
+        UnitOfWork {
+            pool,
+            network,
+            fence: None,
+        }
+    }
+
+    /// The same unit of work, whose every record first checks `fence` (the chain leader's
+    /// lease) and fails with [`RecordError::Fenced`] once it is lost.
+    pub fn fenced(&self, fence: Arc<Fence>) -> Self {
+        UnitOfWork {
+            fence: Some(fence),
+            ..self.clone()
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -124,7 +151,17 @@ impl UnitOfWork {
         mut observation: O,
     ) -> Result<Recorded<O::Outcome>, RecordError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+        ))
+        .execute(&mut *tx)
+        .await?;
         store::lock(&mut tx).await?;
+        if let Some(fence) = &self.fence {
+            if !fence.check(&mut tx).await? {
+                return Err(RecordError::Fenced(fence.epoch));
+            }
+        }
         let state = observation.load(&mut tx).await?;
         let Decision {
             mut events,

@@ -4,55 +4,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::process::{free_port, wait_healthy, ServiceProcess};
 use common::receiver::Receiver;
 use common::*;
-
-/// The service's process; killed (SIGKILL) when dropped, also when a test fails.
-struct ServiceProcess(Child);
-
-impl ServiceProcess {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_binary(db: &str, node: &Node, port: u16) -> ServiceProcess {
-    ServiceProcess(spawn_child(db, node, port, &[]))
-}
-
-fn spawn_child(db: &str, node: &Node, port: u16, env: &[(&str, String)]) -> Child {
-    Command::new(binary())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .arg("serve")
-        .env("DATABASE_URL", db)
-        .env("BITCOIND_RPC_URL", &node.url)
-        .env("BITCOIND_RPC_USER", &node.user)
-        .env("BITCOIND_RPC_PASSWORD", &node.password)
-        .env("NETWORK", "regtest")
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("API_TOKEN", TOKEN)
-        .env("FINAL_CONFIRMATIONS", "6")
-        .env("POLL_INTERVAL_MS", "20")
-        .env("WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
-        .env("WEBHOOK_RETRY_SCHEDULE", "0s,200ms,400ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the binary")
-}
 
 /// An account with a fixed id watching `address`, through the unit of work: the same
 /// account in every database it is made in.
@@ -81,32 +39,6 @@ async fn fixed_account_watching(db: &str, address: &str) {
         .record(chainledger::unit_of_work::Decided(events))
         .await
         .unwrap();
-}
-
-/// Positions gapless, no event id twice, and `block.connected` for every height of
-/// `first..=tip` exactly once, in order.
-fn assert_gapless_unique_every_height_once(events: &[serde_json::Value], first: u64, tip: u64) {
-    let positions: Vec<i64> = events
-        .iter()
-        .map(|e| e["position"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        positions,
-        (1..=events.len() as i64).collect::<Vec<_>>(),
-        "positions are gapless"
-    );
-    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), events.len(), "no duplicate event id");
-    let heights: Vec<u64> = events
-        .iter()
-        .filter(|e| e["type"] == "block.connected")
-        .map(|e| e["data"]["height"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        heights,
-        (first..=tip).collect::<Vec<_>>(),
-        "every height exactly once, in order"
-    );
 }
 
 /// The log as the tail shows it, without what depends on when it was written.
@@ -153,7 +85,7 @@ async fn a_catch_up_killed_mid_batch_resumes_and_writes_what_a_block_at_a_time_f
             .await
             .unwrap_or(0)
     };
-    let mut child = ServiceProcess(spawn_child(&killed_db, &node, port, &env));
+    let mut child = ServiceProcess::spawn(&killed_db, &node, port, &env);
     for kill_at in [20, 45, 70] {
         eventually(Duration::from_secs(60), || async {
             (stored().await >= kill_at).then_some(())
@@ -161,7 +93,7 @@ async fn a_catch_up_killed_mid_batch_resumes_and_writes_what_a_block_at_a_time_f
         .await;
         child.kill();
         assert!(stored().await < 100, "killed before the catch-up ended");
-        child = ServiceProcess(spawn_child(&killed_db, &node, port, &env));
+        child = ServiceProcess::spawn(&killed_db, &node, port, &env);
     }
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
     wait_healthy(&svc).await;
@@ -185,14 +117,6 @@ async fn a_catch_up_killed_mid_batch_resumes_and_writes_what_a_block_at_a_time_f
     child.kill();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or_duplicates() {
     let node = Arc::new(Node::start());
@@ -204,12 +128,12 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     setup.stop().await;
 
     let port = free_port();
-    let mut child = spawn_binary(&db, &node, port);
+    let mut child = ServiceProcess::spawn(&db, &node, port, &[]);
     let miner = Miner::start(node.clone(), &address, Duration::from_millis(15));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         child.kill();
-        child = spawn_binary(&db, &node, port);
+        child = ServiceProcess::spawn(&db, &node, port, &[]);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     miner.stop();
@@ -265,19 +189,6 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     child.kill();
 }
 
-async fn wait_healthy(svc: &Service) {
-    eventually(Duration::from_secs(30), || async {
-        let r = svc
-            .http
-            .get(format!("{}/healthz", svc.base))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_flight_ones_twice() {
     let node = Node::start();
@@ -289,7 +200,7 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
     let r = Receiver::start().await;
     r.delay(3); // a burst that lasts about a second
     let port = free_port();
-    let mut child = spawn_binary(&db, &node, port);
+    let mut child = ServiceProcess::spawn(&db, &node, port, &[]);
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
     wait_healthy(&svc).await;
     svc.subscribe(&r.url, serde_json::json!({"start": "beginning"}))
@@ -301,7 +212,7 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
         })
         .await;
         child.kill();
-        child = spawn_binary(&db, &node, port);
+        child = ServiceProcess::spawn(&db, &node, port, &[]);
         wait_healthy(&svc).await;
     }
     let head = svc.head().await;

@@ -11,7 +11,9 @@
 //! block past the old tip, all in one observation. Every RPC happens before the
 //! observation takes the log lock.
 //!
-//! Only one instance follows the chain: the holder of a session-level advisory lock.
+//! Only one instance follows the chain: the holder of the leader lease
+//! ([`crate::leadership`]); its unit of work is fenced by the lease's epoch, so once
+//! another instance took over, this one's appends fail and it steps down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitcoin::{Block, Transaction};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 use super::block::{BlockObservation, NewTip};
@@ -31,12 +33,11 @@ use super::watches::Watches;
 use super::zmq::{self, Push, ZmqMode, ZmqStatus};
 use crate::domain::fork::{fork_point, Fork};
 use crate::domain::ledger::BlockRef;
+use crate::leadership::Lease;
 use crate::metrics;
 use crate::projections::read;
-use crate::unit_of_work::{Recorded, UnitOfWork};
+use crate::unit_of_work::{RecordError, Recorded, UnitOfWork};
 
-/// `pg_try_advisory_lock` key of the chain leader ("chainled" in ASCII).
-const LEADER_LOCK: i64 = 0x6368_6169_6e6c_6564;
 /// Stored blocks compared with the node's in a reorg's first step back; each further step
 /// reads four times as many, up to [`MAX_TAIL`].
 const FIRST_TAIL: i64 = 8;
@@ -62,7 +63,11 @@ const PUSHED_BATCH: usize = 1000;
 /// What the HTTP status route reports about the follower.
 #[derive(Debug, Default)]
 pub struct FollowerStatus {
+    /// This instance's name in the leader lease.
+    pub instance_id: String,
     pub leader: AtomicBool,
+    /// The lease epoch this instance leads with; 0 when it does not lead.
+    pub leader_epoch: AtomicI64,
     /// -1 until known.
     pub node_tip: AtomicI64,
     /// The lowest height the node still has blocks of (0 unpruned); -1 until known.
@@ -81,9 +86,15 @@ pub struct FollowerConfig {
     pub poll_interval: Duration,
     pub zmq: ZmqMode,
     pub catchup_max_events: usize,
+    /// LEADER_LEASE_MS: how long the leader lease lasts unrenewed.
+    pub leader_lease: Duration,
+    /// This instance's name in the lease (`chain_leader.holder`).
+    pub instance_id: String,
 }
 
 pub struct Follower {
+    /// Unfenced; [`Follower::unit_of_work`] is this, fenced by the lease while leading.
+    base: UnitOfWork,
     unit_of_work: UnitOfWork,
     node: Node,
     cfg: FollowerConfig,
@@ -104,6 +115,7 @@ impl Follower {
         status.node_tip.store(-1, Ordering::Relaxed);
         status.prune_height.store(-1, Ordering::Relaxed);
         Follower {
+            base: unit_of_work.clone(),
             unit_of_work,
             node,
             cfg,
@@ -121,9 +133,11 @@ impl Follower {
     /// Follows until `shutdown` turns true. Errors are logged and retried next round.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let Some(mut lock) = self.become_leader(&mut shutdown).await else {
+            let Some(lease) = self.become_leader(&mut shutdown).await else {
                 return;
             };
+            let fence = lease.fence();
+            self.unit_of_work = self.base.fenced(fence.clone());
             self.tip = None;
             let (push_tx, mut pushed) = mpsc::channel(zmq::QUEUE);
             let mut subscription = None;
@@ -138,18 +152,26 @@ impl Follower {
                         if self.failed(round) {
                             subscription = None; // the node may be another now: ask again
                         }
-                        if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                            tracing::warn!("lost the chain leader lock's connection; stepping down");
-                            self.status.leader.store(false, Ordering::Relaxed);
-                            break;
-                        }
                         next_poll = tokio::time::Instant::now() + self.cfg.poll_interval;
                     }
                     Some(push) = pushed.recv() => {
                         let handled = self.on_push(push, &mut pushed).await;
                         self.failed(handled);
                     }
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => {
+                        lease.release().await;
+                        return;
+                    }
+                }
+                if fence.lost() {
+                    tracing::warn!(
+                        epoch = fence.epoch,
+                        "another instance took the chain leader lease over; stepping down"
+                    );
+                    self.status.leader.store(false, Ordering::Relaxed);
+                    self.status.leader_epoch.store(0, Ordering::Relaxed);
+                    metrics::record_leader(false, 0);
+                    break;
                 }
             }
         }
@@ -161,6 +183,14 @@ impl Follower {
             round.as_ref().err().map(|e| format!("{e:#}"));
         match round {
             Ok(()) => false,
+            Err(e) if fenced(&e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "an append was fenced off: not the leader any more"
+                );
+                self.tip = None;
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "follower round failed; retrying");
                 self.tip = None;
@@ -220,27 +250,25 @@ impl Follower {
         Ok(())
     }
 
-    async fn become_leader(&self, shutdown: &mut watch::Receiver<bool>) -> Option<PgConnection> {
+    /// Waits for the leader lease: tries every quarter of its length (or every poll, if
+    /// sooner), so a dead leader's successor follows within the lease plus a quarter.
+    async fn become_leader(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Lease> {
+        let every = self.cfg.poll_interval.min(self.cfg.leader_lease / 4);
         loop {
-            let attempt = async {
-                let mut conn = self.pool().acquire().await?.detach();
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(LEADER_LOCK)
-                    .fetch_one(&mut conn)
-                    .await?;
-                Ok::<_, sqlx::Error>(got.then_some(conn))
-            };
-            match attempt.await {
-                Ok(Some(conn)) => {
-                    tracing::info!("chain leader: following the node");
+            match Lease::acquire(self.pool(), &self.cfg.instance_id, self.cfg.leader_lease).await {
+                Ok(Some(lease)) => {
+                    let epoch = lease.fence().epoch;
+                    tracing::info!(epoch, instance = %self.cfg.instance_id, "chain leader: following the node");
                     self.status.leader.store(true, Ordering::Relaxed);
-                    return Some(conn);
+                    self.status.leader_epoch.store(epoch, Ordering::Relaxed);
+                    metrics::record_leader(true, epoch);
+                    return Some(lease);
                 }
                 Ok(None) => tracing::debug!("another instance is the chain leader"),
-                Err(e) => tracing::warn!(error = %e, "failed to try the chain leader lock"),
+                Err(e) => tracing::warn!(error = %e, "failed to try the chain leader lease"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return None,
             }
         }
@@ -467,6 +495,16 @@ impl Follower {
         };
         Ok(())
     }
+}
+
+/// True if `e` is an append refused because the leader lease was lost.
+fn fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RecordError>(),
+            Some(RecordError::Fenced(_))
+        )
+    })
 }
 
 /// Records a block observation.

@@ -1,4 +1,4 @@
-//! Following the node: [`node`] is the RPC client (blocking calls run off the async
+//! Following the node (which instance does: [`crate::leadership`]): [`node`] is the RPC client (blocking calls run off the async
 //! runtime), [`follower`] fetches blocks and follows reorgs, [`block`] is where a block
 //! is processed (the observation the unit of work records), [`mempool`] watches
 //! 0-confirmation deposits (with [`mempool_index`], the compact index of the node's

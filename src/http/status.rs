@@ -62,8 +62,13 @@ pub struct Status {
     /// The last height the follower stored.
     synced_tip: Option<i64>,
     last_position: i64,
-    /// Whether this instance holds the chain leader lock.
+    /// Whether this instance holds the chain leader lease.
     leader: bool,
+    /// This instance's name (INSTANCE_ID).
+    instance_id: String,
+    /// Who holds the chain leader lease (any instance), since when, with which fencing
+    /// epoch; `live` false once it expired unrenewed. Null before any instance led.
+    leader_lease: Option<crate::leadership::Holder>,
     last_error: Option<String>,
     /// Rescans running, and the last ten finished.
     rescans: Vec<Rescan>,
@@ -124,6 +129,8 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
             .map(|b| i64::from(b.height)),
         last_position: store::head(&s.pool).await?.0,
         leader: s.follower.leader.load(Ordering::Relaxed),
+        instance_id: s.follower.instance_id.clone(),
+        leader_lease: crate::leadership::holder(&s.pool).await?,
         rescans,
         last_error: s.follower.last_error.lock().expect("not poisoned").clone(),
         node_pruned_below: known(s.follower.prune_height.load(Ordering::Relaxed))

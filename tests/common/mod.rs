@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod receiver;
 pub mod rpc_proxy;
 
@@ -598,4 +599,31 @@ impl Miner {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
+}
+
+/// Positions gapless, no event id twice, and `block.connected` for every height of
+/// `first..=tip` exactly once, in order.
+pub fn assert_gapless_unique_every_height_once(events: &[serde_json::Value], first: u64, tip: u64) {
+    let positions: Vec<i64> = events
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "positions are gapless"
+    );
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no duplicate event id");
+    let heights: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "block.connected")
+        .map(|e| e["data"]["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        heights,
+        (first..=tip).collect::<Vec<_>>(),
+        "every height exactly once, in order"
+    );
 }
