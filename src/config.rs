@@ -234,6 +234,20 @@ pub struct Config {
     /// API_TOKEN.
     #[arg(long, env = "BITCART_PASSWORD", hide_env_values = true)]
     pub bitcart_password: Option<String>,
+    /// An http(s) proxy every webhook goes through. Unset: webhooks connect directly and
+    /// HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are ignored (through a proxy the connection-time
+    /// SSRF check would see the proxy's address, not the target's); set: each target's
+    /// addresses are checked before its request is handed to the proxy.
+    #[arg(long, env = "WEBHOOK_PROXY", value_parser = parse_proxy)]
+    pub webhook_proxy: Option<url::Url>,
+}
+
+fn parse_proxy(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("an http:// or https:// proxy URL with a host, e.g. http://proxy:3128".into());
+    }
+    Ok(url)
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -299,6 +313,7 @@ impl Config {
             )),
             script_handlers: self.script_handlers,
             credit_confirmations: self.credit_confirmations,
+            proxy: self.webhook_proxy.clone(),
         }
     }
 
@@ -351,7 +366,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("db", &self.db)
-            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
+            .field("bitcoind_rpc_url", &redact_url(&self.bitcoind_rpc_url))
             .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
             .field(
                 "bitcoind_rpc_password",
@@ -384,42 +399,20 @@ impl fmt::Debug for Config {
                 "bitcart_password",
                 &self.bitcart_password.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "webhook_proxy",
+                &self.webhook_proxy.as_ref().map(|u| redact_url(u.as_str())),
+            )
             .finish()
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:<redacted>{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// Credentials in URLs are redacted by one function, [`crate::redact`].
+pub use crate::redact::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_url_hides_the_password_only() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5/db"),
-            "postgres://u:<redacted>@h:5/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres:///db"), "postgres:///db");
-    }
 
     #[test]
     fn bitcart_credentials_default_to_the_api_token_and_a_short_password_is_refused() {
@@ -443,5 +436,12 @@ mod tests {
         cfg.bitcart_password = Some("a-bitcart-password-0123".into());
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("a-token-of-16-chars") && !shown.contains("a-bitcart-password"));
+        cfg.db.database_url = "postgres://u:dbsecret@h/db?password=qsecret".into();
+        cfg.bitcoind_rpc_url = "http://rpc:rpcsecret@127.0.0.1:1/".into();
+        cfg.webhook_proxy = Some(url::Url::parse("http://p:proxysecret@proxy:3128").unwrap());
+        let shown = format!("{cfg:?}");
+        for secret in ["dbsecret", "qsecret", "rpcsecret", "proxysecret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 }

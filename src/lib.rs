@@ -34,7 +34,7 @@
 //!   `verify-log`) and what they print; the rebuild itself is [`projections::rebuild`].
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
 //! - [`config`], [`db`], [`metrics`]: the configuration struct, connecting and migrating,
-//!   Prometheus counters and gauges.
+//!   Prometheus counters and gauges; [`redact`]: secrets out of every log line and error.
 
 pub mod app;
 pub mod audit;
@@ -47,6 +47,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod projections;
+pub mod redact;
 pub mod store;
 pub mod tools;
 pub mod unit_of_work;
