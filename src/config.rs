@@ -238,16 +238,9 @@ pub struct Config {
     /// HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are ignored (through a proxy the connection-time
     /// SSRF check would see the proxy's address, not the target's); set: each target's
     /// addresses are checked before its request is handed to the proxy.
-    #[arg(long, env = "WEBHOOK_PROXY", value_parser = parse_proxy)]
-    pub webhook_proxy: Option<url::Url>,
-}
-
-fn parse_proxy(s: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(s.trim()).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("an http:// or https:// proxy URL with a host, e.g. http://proxy:3128".into());
-    }
-    Ok(url)
+    // Checked by `validate`, not by a value parser, whose error would print it unredacted.
+    #[arg(long, env = "WEBHOOK_PROXY", hide_env_values = true)]
+    pub webhook_proxy: Option<String>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -303,6 +296,22 @@ impl Config {
         Duration::from_millis(self.poll_interval_ms)
     }
 
+    /// WEBHOOK_PROXY parsed: an http(s) URL with a host; the error shows it redacted.
+    pub fn webhook_proxy_url(&self) -> Result<Option<url::Url>, String> {
+        let Some(raw) = &self.webhook_proxy else {
+            return Ok(None);
+        };
+        match url::Url::parse(raw.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Some(url))
+            }
+            _ => Err(format!(
+                "WEBHOOK_PROXY `{}` is not an http:// or https:// proxy URL like http://proxy:3128",
+                redact_url(raw)
+            )),
+        }
+    }
+
     pub fn delivery(&self) -> crate::delivery::DeliveryConfig {
         crate::delivery::DeliveryConfig {
             schedule: self.webhook_retry_schedule.clone(),
@@ -313,7 +322,8 @@ impl Config {
             )),
             script_handlers: self.script_handlers,
             credit_confirmations: self.credit_confirmations,
-            proxy: self.webhook_proxy.clone(),
+            // Checked by validate() before the service starts.
+            proxy: self.webhook_proxy_url().ok().flatten(),
         }
     }
 
@@ -353,6 +363,7 @@ impl Config {
                 self.credit_confirmations, self.final_confirmations
             ));
         }
+        self.webhook_proxy_url()?;
         if self.bitcoind_rpc_cookie.is_none()
             && (self.bitcoind_rpc_user.is_none() || self.bitcoind_rpc_password.is_none())
         {
@@ -401,7 +412,7 @@ impl fmt::Debug for Config {
             )
             .field(
                 "webhook_proxy",
-                &self.webhook_proxy.as_ref().map(|u| redact_url(u.as_str())),
+                &self.webhook_proxy.as_deref().map(redact_url),
             )
             .finish()
     }
@@ -438,10 +449,19 @@ mod tests {
         assert!(!shown.contains("a-token-of-16-chars") && !shown.contains("a-bitcart-password"));
         cfg.db.database_url = "postgres://u:dbsecret@h/db?password=qsecret".into();
         cfg.bitcoind_rpc_url = "http://rpc:rpcsecret@127.0.0.1:1/".into();
-        cfg.webhook_proxy = Some(url::Url::parse("http://p:proxysecret@proxy:3128").unwrap());
+        cfg.webhook_proxy = Some("http://p:proxysecret@proxy:3128".into());
         let shown = format!("{cfg:?}");
         for secret in ["dbsecret", "qsecret", "rpcsecret", "proxysecret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+        assert!(cfg.webhook_proxy_url().unwrap().is_some());
+        cfg.bitcart_user = "chainledger".into();
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.webhook_proxy = Some("socks5://p:proxysecret@proxy:1080".into());
+        let refused = cfg.validate().unwrap_err();
+        assert!(
+            refused.starts_with("WEBHOOK_PROXY") && !refused.contains("proxysecret"),
+            "{refused}"
+        );
     }
 }

@@ -253,7 +253,10 @@ async fn the_tail_long_polls_filters_by_type_and_pages() {
 
     // Past the head: a position no client can have seen is refused, naming the head.
     let (status, e) = svc.get(&format!("/v1/events?after={}", head + 100)).await;
-    assert_eq!((status, e["error"]["code"].as_str()), (400, Some("invalid_after")));
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("invalid_after"))
+    );
     assert!(
         e["error"]["message"]
             .as_str()

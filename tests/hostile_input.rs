@@ -324,7 +324,7 @@ async fn through_webhook_proxy_each_target_is_checked_before_the_request() {
     let proxy = FakeProxy::start();
     let receiver = Receiver::start().await;
     let mut cfg = config(&db, &node);
-    cfg.webhook_proxy = Some(url::Url::parse(&proxy.url).unwrap());
+    cfg.webhook_proxy = Some(proxy.url.clone());
     let svc = Service::start(cfg).await;
     let (id, _) = svc.subscribe(&receiver.url, json!({})).await;
     svc.make_events(1).await;
@@ -343,7 +343,7 @@ async fn through_webhook_proxy_each_target_is_checked_before_the_request() {
 
     // The same subscriber, now that the operator allows no private range.
     let mut cfg = config(&db, &node);
-    cfg.webhook_proxy = Some(url::Url::parse(&proxy.url).unwrap());
+    cfg.webhook_proxy = Some(proxy.url.clone());
     cfg.webhook_allow_nets = Vec::new();
     let svc = Service::start(cfg).await;
     let before = proxy.connections.load(Ordering::SeqCst);

@@ -359,7 +359,11 @@ async fn verify_log_finds_a_changed_event_and_an_edited_export_by_position() {
     assert!(ok, "{err}");
     let part_text = std::fs::read_to_string(&part).unwrap();
     let part_lines: Vec<&str> = part_text.lines().collect();
-    assert_eq!(part_lines.len(), 3, "two events and the trailer: {part_text}");
+    assert_eq!(
+        part_lines.len(),
+        3,
+        "two events and the trailer: {part_text}"
+    );
     assert!(part_lines[2].starts_with(r#"{"trailer":{"events":2,"last_position":3,"#));
     let (status, e) = svc.get("/v1/audit/export?from=0").await;
     assert_eq!(

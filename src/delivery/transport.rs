@@ -76,6 +76,9 @@ impl Transport {
                 }
             }
         };
+        // The error quotes what a receiver or a script said; a NUL there would make the
+        // journal's insert fail (PostgreSQL text cannot hold one) and stall the worker.
+        let error = error.map(|e| e.replace('\0', "\u{FFFD}"));
         let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         metrics::record_delivery(outcome.as_str(), started.elapsed());
         let next_attempt_at = (outcome == Outcome::Failed)
