@@ -121,7 +121,13 @@ impl AccountDescriptor {
         {
             return Err("derivation: a non-hardened path ending in one wildcard, like 0/*".into());
         }
-        let key = format!("{}/{template}", xpub.trim());
+        // Only base58 here: the key is pasted into a descriptor, whose syntax (`)`, `,`,
+        // `[origin]`) must not come from this field.
+        let xpub = xpub.trim();
+        if xpub.is_empty() || !xpub.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err("not a base58 extended public key (xpub…, tpub…)".into());
+        }
+        let key = format!("{xpub}/{template}");
         let spec = match script_type.unwrap_or("p2pkh") {
             "p2pkh" => format!("pkh({key})"),
             "p2wpkh" => format!("wpkh({key})"),
@@ -290,6 +296,15 @@ mod tests {
             "checksum checked"
         );
         assert!(good.derive(1 << 31).is_err());
+        // A key field cannot smuggle in descriptor syntax.
+        let smuggled = format!("{PARENT}/0/*),pkh({CHILD}");
+        assert!(err(AccountDescriptor::from_xpub(
+            &smuggled,
+            None,
+            None,
+            Network::Bitcoin
+        ))
+        .contains("base58"));
     }
 
     #[test]
