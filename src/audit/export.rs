@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::{csv_header, page, Format, Record, CSV_HEADER, PAGE};
@@ -68,15 +67,14 @@ impl Trailer {
         }
     }
 
-    /// A JSON Lines trailer, or `None` when the line is something else (a record).
+    /// A JSON Lines trailer, or `None` when the line is something else (a record: those
+    /// begin with `{"position"`, so records are not parsed twice).
     pub(super) fn from_json(line: &str) -> Option<Result<Trailer, String>> {
-        let value: Value = serde_json::from_str(line).ok()?;
-        value.get("trailer")?;
-        Some(
-            serde_json::from_value::<TrailerLine>(value)
+        line.trim_start().starts_with(r#"{"trailer""#).then(|| {
+            serde_json::from_str::<TrailerLine>(line)
                 .map(|t| t.trailer)
-                .map_err(|e| format!("unreadable trailer: {e}")),
-        )
+                .map_err(|e| format!("unreadable trailer: {e}"))
+        })
     }
 
     pub(super) fn from_csv(row: &csv::StringRecord) -> Result<Trailer, String> {

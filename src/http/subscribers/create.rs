@@ -68,15 +68,12 @@ pub async fn create(
     State(s): State<AppState>,
     Json(body): Json<NewSubscriber>,
 ) -> Result<(StatusCode, axum::Json<SubscriberView>), ApiError> {
-    let view = create_subscriber(
-        &s,
-        NewSubscriber {
-            once_per_key: false,
-            ..body
-        },
-    )
-    .await?
-    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a keyless subscriber was not created")))?;
+    // `once_per_key` never comes from JSON (serde skip): this always creates one.
+    let view = create_subscriber(&s, body).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "no subscriber created without once_per_key"
+        ))
+    })?;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
