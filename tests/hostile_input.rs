@@ -88,6 +88,8 @@ async fn nul_characters_are_refused_by_the_name_of_their_field_everywhere() {
     assert_field_error(status, &e, "label");
     let (status, e) = svc.get("/v1/deposits?address=%00").await;
     assert_field_error(status, &e, "address");
+    let (status, e) = svc.get("/btc?address=%00").await;
+    assert_field_error(status, &e, "address");
     let (status, e) = svc.get("/v1/addresses/a%00b").await;
     assert_field_error(status, &e, "address");
     let (status, e) = svc
@@ -580,6 +582,20 @@ async fn empty_type_names_and_after_beyond_the_head_are_refused() {
             "{path}"
         );
     }
+    let resp = svc
+        .http
+        .get(format!("{}/v1/events/stream", svc.base))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", beyond.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(
+        e["error"]["message"],
+        format!("Last-Event-ID: {beyond} is beyond the head {head}")
+    );
     let (status, page) = svc.get(&format!("/v1/events?after={head}")).await;
     assert_eq!((status, page["next_after"].as_i64()), (200, Some(head)));
     svc.stop().await;

@@ -59,7 +59,7 @@ pub async fn tail(
             format!("wait: at most {MAX_WAIT_SECS} seconds"),
         ));
     }
-    let types = super::stream::read_from(&s, after, q.types.as_deref()).await?;
+    let types = super::stream::read_from(&s, "after", after, q.types.as_deref()).await?;
     let deadline = Instant::now() + Duration::from_secs(wait);
     let mut cursor = after;
     loop {

@@ -50,19 +50,21 @@ pub fn access_token(req: &axum::extract::Request) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Where a reader of the log (the tail, this stream) starts, checked: `after` is 0 or a
-/// position the log has reached (beyond the head is a 400 naming the head: a client
-/// cannot have seen it, and would otherwise wait silently for positions another log
-/// holds), and the `types` filter names real types (expanded; `None`: every type).
+/// Where a reader of the log (the tail, this stream) starts, checked: `after` (given as
+/// `field`) is 0 or a position the log has reached (beyond the head is a 400 naming the
+/// head: a client cannot have seen it, and would otherwise wait silently for positions
+/// another log holds), and the `types` filter names real types (expanded; `None`: every
+/// type).
 pub(super) async fn read_from(
     s: &AppState,
+    field: &str,
     after: i64,
     types: Option<&str>,
 ) -> Result<Option<Vec<String>>, ApiError> {
     if after < 0 {
         return Err(ApiError::bad_request(
             "invalid_after",
-            "after: must be 0 or a position",
+            format!("{field}: must be 0 or a position"),
         ));
     }
     let filter = TypeFilter::parse(types)
@@ -71,7 +73,7 @@ pub(super) async fn read_from(
     if after > head {
         return Err(ApiError::bad_request(
             "invalid_after",
-            format!("after: {after} is beyond the head {head}"),
+            format!("{field}: {after} is beyond the head {head}"),
         ));
     }
     Ok(filter.map(|f| f.expand()))
@@ -101,8 +103,11 @@ pub async fn stream(
                 })?,
         ),
     };
-    let after = last_event_id.or(q.after).unwrap_or(0);
-    let types = read_from(&s, after, q.types.as_deref()).await?;
+    let (field, after) = match last_event_id {
+        Some(id) => ("Last-Event-ID", id),
+        None => ("after", q.after.unwrap_or(0)),
+    };
+    let types = read_from(&s, field, after, q.types.as_deref()).await?;
 
     struct Tail {
         s: AppState,
