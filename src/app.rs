@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::db;
 use crate::delivery::Dispatcher;
 use crate::http::{self, AppState};
+use crate::redact::redact;
 use crate::store::notify::LogWatch;
 use crate::unit_of_work::UnitOfWork;
 
@@ -49,8 +50,15 @@ impl Running {
     }
 }
 
-/// Starts the service; any error is a one-line reason not to run.
+/// Starts the service; any error is a one-line reason not to run, with the secrets of
+/// any URL it names (the database's, the node's, a driver's message) redacted.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    start_checked(cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
+}
+
+async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     tracing::info!(config = ?cfg, "starting");
     let pool = db::connect(&cfg.db, 20 + cfg.webhook_workers).await?;
@@ -66,10 +74,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         _ => unreachable!("validate() requires credentials"),
     };
     let node = Node::connect(&cfg.bitcoind_rpc_url, credentials)?;
-    let info = node
-        .chain_info()
-        .await
-        .with_context(|| format!("the node at {} does not answer", cfg.bitcoind_rpc_url))?;
+    let info = node.chain_info().await.with_context(|| {
+        format!(
+            "the node at {} does not answer",
+            redact(&cfg.bitcoind_rpc_url)
+        )
+    })?;
     if info.chain != cfg.network.node_chain() {
         anyhow::bail!(
             "the node is on chain `{}` but NETWORK is {} (expected chain `{}`)",

@@ -2,10 +2,11 @@
 //! types, data, timestamps and the hash chain) in pages of constant size, and verifying a
 //! log — in the database or in an exported file — without trusting whoever holds it: the
 //! hash chain recomputed, positions gapless, every id the one its stream and version
-//! determine, and unique.
+//! determine, and unique. Every export ends with a [`Trailer`] (its event count, last
+//! position and last hash), without which a file is reported truncated.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,9 @@ use uuid::Uuid;
 
 use crate::domain::stream::{event_id, StreamName};
 use crate::store::hash::{self, Hashed, GENESIS};
+
+mod export;
+pub use export::{export, Export, Trailer, CSV_TRAILER};
 
 /// Events read per query while exporting or verifying.
 pub const PAGE: i64 = 2000;
@@ -166,40 +170,6 @@ pub async fn page<'c>(
     )
     .fetch_all(conn)
     .await
-}
-
-/// Writes the log's positions [from, to] (to: the head when `None`) to `out`, a page at a
-/// time; returns the number of events written.
-pub async fn export(
-    conn: &mut PgConnection,
-    format: Format,
-    from: i64,
-    to: Option<i64>,
-    out: &mut impl Write,
-) -> anyhow::Result<u64> {
-    let to = match to {
-        Some(t) => t,
-        None => crate::store::head(&mut *conn).await?.0,
-    };
-    if format == Format::Csv {
-        out.write_all(&csv_header())?;
-    }
-    let mut after = from.max(1) - 1;
-    let mut n = 0;
-    let mut buf = Vec::with_capacity(1 << 20);
-    while after < to {
-        let records = page(&mut *conn, after, to, PAGE).await?;
-        let Some(last) = records.last() else { break };
-        after = last.position;
-        buf.clear();
-        for r in &records {
-            r.write(format, &mut buf);
-        }
-        out.write_all(&buf)?;
-        n += records.len() as u64;
-    }
-    out.flush()?;
-    Ok(n)
 }
 
 /// What is wrong at a position.
@@ -355,75 +325,124 @@ pub async fn verify_db(conn: &mut PgConnection, from: i64) -> anyhow::Result<Ver
     })
 }
 
-/// Verifies an exported file (JSON Lines or CSV, by extension), streaming it.
+/// Verifies an exported file (JSON Lines or CSV, by extension), streaming it: its records,
+/// then its trailer. A file without the trailer, with records after it, or whose trailer
+/// disagrees with what precedes it, is reported truncated (an interrupted export leaves
+/// whole pages, whose chain alone is intact).
 pub fn verify_file(path: &std::path::Path) -> anyhow::Result<Verified> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut v = Verifier::new(None);
-    let fail = |v: &Verifier, bad: Bad| Verified {
-        checked: v.checked,
-        first: v.first,
-        last: v.last().map(|l| l.0),
-        bad: Some(bad),
-    };
+    let mut trailer: Option<Trailer> = None;
     let next_position = |v: &Verifier| v.last().map_or(0, |l| l.0 + 1);
-    match Format::of_path(path) {
-        Format::Jsonl => {
-            for line in file.lines() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let record: Record = match serde_json::from_str(&line) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let position = next_position(&v);
-                        return Ok(fail(
-                            &v,
-                            Bad {
-                                position,
-                                reason: format!("unreadable line: {e}"),
-                            },
-                        ));
+    // Each line or row: a record, or the trailer; an error names the position it stops at.
+    let mut take = |v: &mut Verifier, item: Result<Item, String>| -> Result<(), Bad> {
+        let bad = |reason: String| Bad {
+            position: next_position(v),
+            reason,
+        };
+        if trailer.is_some() {
+            return Err(bad("the file goes on after its trailer".into()));
+        }
+        match item.map_err(bad)? {
+            Item::Record(r) => v.check(&r),
+            Item::Trailer(t) => {
+                trailer = Some(t);
+                Ok(())
+            }
+        }
+    };
+    let outcome: Result<(), Bad> = (|| {
+        match Format::of_path(path) {
+            Format::Jsonl => {
+                for line in file.lines() {
+                    let line = line.map_err(|e| Bad {
+                        position: next_position(&v),
+                        reason: format!("unreadable: {e}"),
+                    })?;
+                    if line.trim().is_empty() {
+                        continue;
                     }
-                };
-                if let Err(bad) = v.check(&record) {
-                    return Ok(fail(&v, bad));
+                    let item = match Trailer::from_json(&line) {
+                        Some(t) => t.map(Item::Trailer),
+                        None => serde_json::from_str::<Record>(&line)
+                            .map(Item::Record)
+                            .map_err(|e| format!("unreadable line: {e}")),
+                    };
+                    take(&mut v, item)?;
+                }
+            }
+            Format::Csv => {
+                let mut reader = csv::Reader::from_reader(file);
+                let header_ok = reader
+                    .headers()
+                    .is_ok_and(|h| h.iter().collect::<Vec<_>>() == CSV_HEADER);
+                if !header_ok {
+                    return Err(Bad {
+                        position: 0,
+                        reason: "not a chainledger CSV export: the header differs".into(),
+                    });
+                }
+                for row in reader.records() {
+                    let item = row
+                        .map_err(|e| format!("unreadable row: {e}"))
+                        .and_then(|r| {
+                            if r.get(0) == Some(CSV_TRAILER) {
+                                Trailer::from_csv(&r).map(Item::Trailer)
+                            } else {
+                                Record::from_csv(&r)
+                                    .map(Item::Record)
+                                    .map_err(|e| format!("unreadable row: {e}"))
+                            }
+                        });
+                    take(&mut v, item)?;
                 }
             }
         }
-        Format::Csv => {
-            let mut reader = csv::Reader::from_reader(file);
-            if reader.headers()?.iter().collect::<Vec<_>>() != CSV_HEADER {
-                anyhow::bail!("not a chainledger CSV export: the header differs");
-            }
-            for row in reader.records() {
-                let position = next_position(&v);
-                let record = match row
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| Record::from_csv(&r))
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Ok(fail(
-                            &v,
-                            Bad {
-                                position,
-                                reason: format!("unreadable row: {e}"),
-                            },
-                        ))
-                    }
-                };
-                if let Err(bad) = v.check(&record) {
-                    return Ok(fail(&v, bad));
-                }
-            }
-        }
-    }
+        Ok(())
+    })();
+    let bad = outcome.err().or_else(|| truncation(&v, trailer.as_ref()));
     Ok(Verified {
         checked: v.checked,
         first: v.first,
         last: v.last().map(|l| l.0),
-        bad: None,
+        bad,
+    })
+}
+
+/// One line or row of an export.
+enum Item {
+    Record(Record),
+    Trailer(Trailer),
+}
+
+/// Whether the records read are all the trailer says were written.
+fn truncation(v: &Verifier, trailer: Option<&Trailer>) -> Option<Bad> {
+    let position = v.last().map_or(0, |l| l.0 + 1);
+    let Some(t) = trailer else {
+        return Some(Bad {
+            position,
+            reason: format!(
+                "truncated: the export has no trailer line after its {} events (it was cut \
+                 short, or it is not a complete chainledger export)",
+                v.checked
+            ),
+        });
+    };
+    let held = Trailer {
+        events: v.checked,
+        last_position: v.last().map(|l| l.0),
+        last_hash: v.last().map(|l| hex::encode(l.1)),
+    };
+    (&held != t).then(|| Bad {
+        position,
+        reason: format!(
+            "truncated: the trailer says {} events through position {} but the file holds {} \
+             through {} (or the last hash differs)",
+            t.events,
+            t.last_position.map_or("none".into(), |p| p.to_string()),
+            held.events,
+            held.last_position.map_or("none".into(), |p| p.to_string()),
+        ),
     })
 }
 

@@ -242,6 +242,13 @@ pub struct Config {
     /// API_TOKEN.
     #[arg(long, env = "BITCART_PASSWORD", hide_env_values = true)]
     pub bitcart_password: Option<String>,
+    /// An http(s) proxy every webhook goes through. Unset: webhooks connect directly and
+    /// HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are ignored (through a proxy the connection-time
+    /// SSRF check would see the proxy's address, not the target's); set: each target's
+    /// addresses are checked before its request is handed to the proxy.
+    // Checked by `validate`, not by a value parser, whose error would print it unredacted.
+    #[arg(long, env = "WEBHOOK_PROXY", hide_env_values = true)]
+    pub webhook_proxy: Option<String>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -297,6 +304,22 @@ impl Config {
         Duration::from_millis(self.poll_interval_ms)
     }
 
+    /// WEBHOOK_PROXY parsed: an http(s) URL with a host; the error shows it redacted.
+    pub fn webhook_proxy_url(&self) -> Result<Option<url::Url>, String> {
+        let Some(raw) = &self.webhook_proxy else {
+            return Ok(None);
+        };
+        match url::Url::parse(raw.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Some(url))
+            }
+            _ => Err(format!(
+                "WEBHOOK_PROXY `{}` is not an http:// or https:// proxy URL like http://proxy:3128",
+                redact_url(raw)
+            )),
+        }
+    }
+
     pub fn delivery(&self) -> crate::delivery::DeliveryConfig {
         crate::delivery::DeliveryConfig {
             schedule: self.webhook_retry_schedule.clone(),
@@ -307,6 +330,8 @@ impl Config {
             )),
             script_handlers: self.script_handlers,
             credit_confirmations: self.credit_confirmations,
+            // Checked by validate() before the service starts.
+            proxy: self.webhook_proxy_url().ok().flatten(),
         }
     }
 
@@ -346,6 +371,7 @@ impl Config {
                 self.credit_confirmations, self.final_confirmations
             ));
         }
+        self.webhook_proxy_url()?;
         if self.bitcoind_rpc_cookie.is_none()
             && (self.bitcoind_rpc_user.is_none() || self.bitcoind_rpc_password.is_none())
         {
@@ -359,7 +385,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("db", &self.db)
-            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
+            .field("bitcoind_rpc_url", &redact_url(&self.bitcoind_rpc_url))
             .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
             .field(
                 "bitcoind_rpc_password",
@@ -394,42 +420,20 @@ impl fmt::Debug for Config {
                 "bitcart_password",
                 &self.bitcart_password.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "webhook_proxy",
+                &self.webhook_proxy.as_deref().map(redact_url),
+            )
             .finish()
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:<redacted>{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// Credentials in URLs are redacted by one function, [`crate::redact`].
+pub use crate::redact::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_url_hides_the_password_only() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5/db"),
-            "postgres://u:<redacted>@h:5/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres:///db"), "postgres:///db");
-    }
 
     #[test]
     fn bitcart_credentials_default_to_the_api_token_and_a_short_password_is_refused() {
@@ -453,5 +457,21 @@ mod tests {
         cfg.bitcart_password = Some("a-bitcart-password-0123".into());
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("a-token-of-16-chars") && !shown.contains("a-bitcart-password"));
+        cfg.db.database_url = "postgres://u:dbsecret@h/db?password=qsecret".into();
+        cfg.bitcoind_rpc_url = "http://rpc:rpcsecret@127.0.0.1:1/".into();
+        cfg.webhook_proxy = Some("http://p:proxysecret@proxy:3128".into());
+        let shown = format!("{cfg:?}");
+        for secret in ["dbsecret", "qsecret", "rpcsecret", "proxysecret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(cfg.webhook_proxy_url().unwrap().is_some());
+        cfg.bitcart_user = "chainledger".into();
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.webhook_proxy = Some("socks5://p:proxysecret@proxy:1080".into());
+        let refused = cfg.validate().unwrap_err();
+        assert!(
+            refused.starts_with("WEBHOOK_PROXY") && !refused.contains("proxysecret"),
+            "{refused}"
+        );
     }
 }

@@ -48,7 +48,8 @@ pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Resul
         {
             Ok(pool) => return Ok(pool),
             Err(e) => {
-                tracing::warn!(attempt, attempts, error = %e, "database not reachable yet");
+                tracing::warn!(attempt, attempts, error = %crate::redact::redact(&e.to_string()),
+                    "database not reachable yet");
                 last = Some(e);
                 if attempt < attempts {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -59,7 +60,7 @@ pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Resul
     Err(anyhow::anyhow!(
         "database {} unreachable after {attempts} attempts: {}",
         redact_url(&args.database_url),
-        last.map(|e| e.to_string()).unwrap_or_default()
+        crate::redact::redact(&last.map(|e| e.to_string()).unwrap_or_default())
     ))
 }
 

@@ -36,7 +36,7 @@
 //!   the follower's every append checks.
 //! - [`app`]: wiring: database, migrations, node checks, the follower and the server.
 //! - [`config`], [`db`], [`metrics`]: the configuration struct, connecting and migrating,
-//!   Prometheus counters and gauges.
+//!   Prometheus counters and gauges; [`redact`]: secrets out of every log line and error.
 
 pub mod app;
 pub mod audit;
@@ -50,6 +50,7 @@ pub mod http;
 pub mod leadership;
 pub mod metrics;
 pub mod projections;
+pub mod redact;
 pub mod store;
 pub mod tools;
 pub mod unit_of_work;

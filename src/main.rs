@@ -42,7 +42,11 @@ async fn main() {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
-            eprintln!("chainledger: {e:#}");
+            // The refusal line: a driver's message may quote a URL with its password.
+            eprintln!(
+                "chainledger: {}",
+                chainledger::redact::redact(&format!("{e:#}"))
+            );
             std::process::exit(1);
         }
     }

@@ -2,6 +2,7 @@
 //! a report people can read; progress and logs go to stderr.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
@@ -129,10 +130,12 @@ pub async fn audit_export(args: ExportArgs) -> anyhow::Result<bool> {
         .context("cannot reach the database")?;
     let written = match &args.out {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            audit::export(&mut conn, args.format, args.from, args.to, &mut w).await?
+            let partial = partial_path(path);
+            let written = export_to(&mut conn, &args, &partial, path).await;
+            if written.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            written?
         }
         None => {
             let mut w = std::io::BufWriter::new(std::io::stdout().lock());
@@ -141,6 +144,42 @@ pub async fn audit_export(args: ExportArgs) -> anyhow::Result<bool> {
     };
     tracing::info!(events = written, "audit export written");
     Ok(true)
+}
+
+/// Where `--out PATH` is written until it is complete: beside it (a rename within one
+/// directory is atomic), hidden, named for this process.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// The export written to `partial`, synced, then renamed to `path` (and the directory
+/// synced): `path` is the whole export or untouched, whenever the process dies.
+async fn export_to(
+    conn: &mut PgConnection,
+    args: &ExportArgs,
+    partial: &Path,
+    path: &Path,
+) -> anyhow::Result<u64> {
+    let file = std::fs::File::create(partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let written = audit::export(conn, args.format, args.from, args.to, &mut w).await?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", partial.display()))?;
+    std::fs::rename(partial, path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+    Ok(written)
 }
 
 /// `verify-log`: exit 0 only when every check holds.

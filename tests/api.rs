@@ -251,9 +251,19 @@ async fn the_tail_long_polls_filters_by_type_and_pages() {
     assert_eq!(page["events"][0]["type"], "account.created");
     assert_eq!(page["events"][0]["stream_version"], 0);
 
-    // An empty wait=0 page past the head.
-    let (_, empty) = svc.get(&format!("/v1/events?after={}", head + 100)).await;
-    assert_eq!(empty["events"].as_array().unwrap().len(), 0);
+    // Past the head: a position no client can have seen is refused, naming the head.
+    let (status, e) = svc.get(&format!("/v1/events?after={}", head + 100)).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("invalid_after"))
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} is beyond the head", head + 100)),
+        "{e}"
+    );
 
     // Pages of 1 walk every event in order.
     let mut after = 0;

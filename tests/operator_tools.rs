@@ -357,7 +357,14 @@ async fn verify_log_finds_a_changed_event_and_an_edited_export_by_position() {
         ],
     );
     assert!(ok, "{err}");
-    assert_eq!(std::fs::read_to_string(&part).unwrap().lines().count(), 2);
+    let part_text = std::fs::read_to_string(&part).unwrap();
+    let part_lines: Vec<&str> = part_text.lines().collect();
+    assert_eq!(
+        part_lines.len(),
+        3,
+        "two events and the trailer: {part_text}"
+    );
+    assert!(part_lines[2].starts_with(r#"{"trailer":{"events":2,"last_position":3,"#));
     let (status, e) = svc.get("/v1/audit/export?from=0").await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),

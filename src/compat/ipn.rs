@@ -142,11 +142,8 @@ fn decimal(v: &Value) -> Option<Decimal> {
 fn shown(v: Option<&Value>) -> String {
     match v {
         None => "missing".into(),
-        Some(v) => {
-            let mut s = v.to_string();
-            s.truncate(80);
-            s
-        }
+        // By characters: a receiver's multi-byte text cut mid-character would panic.
+        Some(v) => v.to_string().chars().take(80).collect(),
     }
 }
 
@@ -244,5 +241,8 @@ mod tests {
         )
         .is_err());
         assert!(n.check_echo(b"OK").is_err());
+        let long = "é".repeat(100);
+        let e = ok(json!({"address": long, "confirmed": "0.01"})).unwrap_err();
+        assert!(e.starts_with("address echoed as \"éé"), "{e}");
     }
 }

@@ -47,4 +47,7 @@ pub struct DeliveryConfig {
     /// The credit threshold a withdrawal's txupdate is `credited` at (deposits carry
     /// their account's).
     pub credit_confirmations: u32,
+    /// WEBHOOK_PROXY: requests go through this HTTP(S) proxy; without it the environment's
+    /// proxy variables are ignored (a proxy would resolve the target, not the guard).
+    pub proxy: Option<url::Url>,
 }

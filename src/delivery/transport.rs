@@ -22,14 +22,35 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Without WEBHOOK_PROXY the client connects itself, ignoring HTTP_PROXY, HTTPS_PROXY
+    /// and ALL_PROXY, and resolves every target through the guard at connection time. With
+    /// it, the client only ever connects to that proxy (the operator's choice, resolved
+    /// normally), and [`Transport::post`] resolves and checks the target first.
     pub fn new(cfg: DeliveryConfig) -> reqwest::Result<Transport> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(ssrf::GuardedResolver(cfg.guard.clone())))
-            .build()?;
-        Ok(Transport { cfg, client })
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = match &cfg.proxy {
+            None => builder
+                .no_proxy()
+                .dns_resolver(Arc::new(ssrf::GuardedResolver(cfg.guard.clone()))),
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.as_str())?),
+        };
+        Ok(Transport {
+            client: builder.build()?,
+            cfg,
+        })
+    }
+
+    /// The target checked before a request: its syntax (an IP literal by the guard) and,
+    /// through a proxy, every address its host resolves to now (the proxy resolves it
+    /// again: a name re-pointed between the two is the one gap a proxy leaves).
+    async fn checked_target(&self, url: &str) -> Result<reqwest::Url, String> {
+        match self.cfg.proxy {
+            None => self.cfg.guard.check_url_syntax(url),
+            Some(_) => self.cfg.guard.check_url(url).await,
+        }
     }
 
     /// One attempt; its outcome as a journal entry.
@@ -55,6 +76,9 @@ impl Transport {
                 }
             }
         };
+        // The error quotes what a receiver or a script said; a NUL there would make the
+        // journal's insert fail (PostgreSQL text cannot hold one) and stall the worker.
+        let error = error.map(|e| e.replace('\0', "\u{FFFD}"));
         let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         metrics::record_delivery(outcome.as_str(), started.elapsed());
         let next_attempt_at = (outcome == Outcome::Failed)
@@ -89,7 +113,7 @@ impl Transport {
         event: &StoredEvent,
         message: Message,
     ) -> HttpOutcome {
-        let url = match self.cfg.guard.check_url_syntax(url) {
+        let url = match self.checked_target(url).await {
             Ok(url) => url,
             Err(e) => return (None, Some(format!("refused: {e}")), Outcome::Failed, None),
         };
@@ -166,9 +190,6 @@ async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>
     Ok(body)
 }
 
-/// An address's IPN totals as of `position`: the latest event at or before it of each of
-/// the address's deposits (the `deposits` projection names them; their streams are read
-
 /// A transport error in a line, with its cause (refused, timed out, guard refused).
 fn describe(e: &reqwest::Error) -> String {
     let mut s = if e.is_timeout() {
@@ -184,5 +205,6 @@ fn describe(e: &reqwest::Error) -> String {
         s.push_str(&cause.to_string());
         source = cause.source();
     }
-    s
+    // Journaled and logged: a `?token=` of the target's URL stays out of both.
+    crate::redact::redact(&s)
 }

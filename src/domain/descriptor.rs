@@ -11,6 +11,9 @@ use miniscript::ForEachKey;
 /// Addresses watched beyond the highest one handed out or paid, by default.
 pub const DEFAULT_LOOKAHEAD: u32 = 20;
 pub const MAX_LOOKAHEAD: u32 = 1000;
+/// BIP32 keeps a key's depth in one byte: no key derives deeper than this (miniscript
+/// panics past it, so the depth is checked before anything is derived).
+pub const MAX_DEPTH: usize = 255;
 
 /// Why a descriptor or xpub cannot serve an account, or an index cannot be derived.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,16 +63,28 @@ impl AccountDescriptor {
         let want = NetworkKind::from(network);
         let mut wrong = None;
         let mut hardened = false;
+        let mut too_deep = None;
         desc.for_each_key(|k| {
             if let DescriptorPublicKey::XPub(x) = k {
                 if x.xkey.network != want {
                     wrong = Some(x.xkey.to_string());
+                }
+                let steps = x.derivation_path.len() + usize::from(x.wildcard != Wildcard::None);
+                if usize::from(x.xkey.depth) + steps > MAX_DEPTH {
+                    too_deep = Some((x.xkey.depth, steps));
                 }
                 hardened |= x.wildcard == Wildcard::Hardened
                     || x.derivation_path.into_iter().any(|c| c.is_hardened());
             }
             true
         });
+        if let Some((depth, steps)) = too_deep {
+            return Err(format!(
+                "derivation: the key is at depth {depth} and the path adds {steps} steps; \
+                 BIP32 derives no deeper than {MAX_DEPTH}"
+            )
+            .into());
+        }
         if hardened {
             return Err(
                 "hardened steps after a public key cannot be derived without the private key"
@@ -106,7 +121,13 @@ impl AccountDescriptor {
         {
             return Err("derivation: a non-hardened path ending in one wildcard, like 0/*".into());
         }
-        let key = format!("{}/{template}", xpub.trim());
+        // Only base58 here: the key is pasted into a descriptor, whose syntax (`)`, `,`,
+        // `[origin]`) must not come from this field.
+        let xpub = xpub.trim();
+        if xpub.is_empty() || !xpub.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err("not a base58 extended public key (xpub…, tpub…)".into());
+        }
+        let key = format!("{xpub}/{template}");
         let spec = match script_type.unwrap_or("p2pkh") {
             "p2pkh" => format!("pkh({key})"),
             "p2wpkh" => format!("wpkh({key})"),
@@ -275,6 +296,35 @@ mod tests {
             "checksum checked"
         );
         assert!(good.derive(1 << 31).is_err());
+        // A key field cannot smuggle in descriptor syntax.
+        let smuggled = format!("{PARENT}/0/*),pkh({CHILD}");
+        assert!(err(AccountDescriptor::from_xpub(
+            &smuggled,
+            None,
+            None,
+            Network::Bitcoin
+        ))
+        .contains("base58"));
+    }
+
+    #[test]
+    fn a_path_deeper_than_bip32_allows_is_refused_before_deriving() {
+        // PARENT is at depth 4: 250 steps and the wildcard reach 255, one more is too deep.
+        let path = |steps: usize| vec!["0"; steps].join("/") + "/*";
+        let err = AccountDescriptor::from_xpub(PARENT, Some(&path(251)), None, Network::Bitcoin)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("derivation:") && err.contains("255"),
+            "{err}"
+        );
+        let err =
+            AccountDescriptor::parse(&format!("wpkh({PARENT}/{})", path(255)), Network::Bitcoin)
+                .unwrap_err();
+        assert!(err.to_string().starts_with("derivation:"), "{err}");
+        let deepest =
+            AccountDescriptor::from_xpub(PARENT, Some(&path(250)), None, Network::Bitcoin).unwrap();
+        assert!(deepest.derive(7).is_ok());
     }
 
     #[test]

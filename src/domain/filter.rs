@@ -6,6 +6,8 @@ use super::events::EventType;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeFilter {
     types: Vec<EventType>,
+    /// The entries as given (trimmed), for display.
+    entries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -14,16 +16,37 @@ pub enum FilterError {
     UnknownType(String),
     #[error("unknown event category `{0}`")]
     UnknownCategory(String),
+    /// `,,,`, `a,` or `[""]`: an entry that names nothing would silently match nothing.
+    #[error("an empty type name (a stray comma, or \"\" in a list): name types like deposit.seen or deposit.*")]
+    EmptyEntry,
 }
 
 impl TypeFilter {
-    /// `None` for an absent or empty parameter (everything); an error names the unknown entry.
+    /// `None` for an absent or blank parameter (everything); an error names the unknown
+    /// entry, and an empty entry between commas is an error.
     pub fn parse(spec: Option<&str>) -> Result<Option<TypeFilter>, FilterError> {
-        let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
+        match spec.filter(|s| !s.trim().is_empty()) {
+            None => Ok(None),
+            Some(spec) => Self::from_entries(spec.split(',')).map(Some),
+        }
+    }
+
+    /// A JSON list of entries (each may itself be a comma list): `[]` is everything, an
+    /// empty entry is an error.
+    pub fn parse_list(list: &[String]) -> Result<Option<TypeFilter>, FilterError> {
+        if list.is_empty() {
             return Ok(None);
-        };
+        }
+        Self::from_entries(list.iter().flat_map(|e| e.split(','))).map(Some)
+    }
+
+    fn from_entries<'a>(entries: impl Iterator<Item = &'a str>) -> Result<TypeFilter, FilterError> {
         let mut types = Vec::new();
-        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut given = Vec::new();
+        for entry in entries.map(str::trim) {
+            if entry.is_empty() {
+                return Err(FilterError::EmptyEntry);
+            }
             if let Some(category) = entry.strip_suffix(".*") {
                 let matching: Vec<EventType> = EventType::ALL
                     .iter()
@@ -40,10 +63,19 @@ impl TypeFilter {
                         .ok_or_else(|| FilterError::UnknownType(entry.to_string()))?,
                 );
             }
+            given.push(entry.to_string());
         }
         types.sort();
         types.dedup();
-        Ok(Some(TypeFilter { types }))
+        Ok(TypeFilter {
+            types,
+            entries: given,
+        })
+    }
+
+    /// The entries as given, trimmed.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
     }
 
     pub fn matches(&self, kind: EventType) -> bool {
@@ -82,5 +114,35 @@ mod tests {
         );
         assert!(TypeFilter::parse(Some("nope.*")).is_err());
         assert_eq!(TypeFilter::parse(Some("")).unwrap(), None);
+    }
+
+    #[test]
+    fn an_empty_type_name_is_an_error_not_a_filter_matching_nothing() {
+        for spec in [
+            ",,,",
+            "deposit.seen,",
+            ",deposit.seen",
+            "deposit.seen,,block.connected",
+        ] {
+            assert_eq!(
+                TypeFilter::parse(Some(spec)),
+                Err(FilterError::EmptyEntry),
+                "{spec}"
+            );
+        }
+        assert_eq!(
+            TypeFilter::parse_list(&["".into()]),
+            Err(FilterError::EmptyEntry)
+        );
+        assert_eq!(
+            TypeFilter::parse_list(&["deposit.seen".into(), " ".into()]),
+            Err(FilterError::EmptyEntry)
+        );
+        assert_eq!(TypeFilter::parse_list(&[]), Ok(None));
+        let f = TypeFilter::parse_list(&["deposit.seen, block.*".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.entries(), ["deposit.seen", "block.*"]);
+        assert!(f.matches(EventType::BlockDisconnected));
     }
 }

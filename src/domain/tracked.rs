@@ -182,13 +182,18 @@ impl Withdrawal {
         if amount == 0 {
             return None;
         }
-        let out_total: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        // Checked: a client's raw transaction may claim outputs summing past u64 (the
+        // node refuses it; the sum must not panic first).
+        let out_total = tx
+            .output
+            .iter()
+            .try_fold(0u64, |sum, o| sum.checked_add(o.value.to_sat()));
         let fee = (mine.len() == tx.input.len())
             .then(|| {
                 mine.iter()
                     .map(|s| s.amount.0)
                     .sum::<u64>()
-                    .checked_sub(out_total)
+                    .checked_sub(out_total?)
             })
             .flatten()
             .map(Sats);
@@ -363,6 +368,11 @@ mod tests {
             Withdrawal::from_spends(&spending(&[i3], 1), &spent, None, Source::Observed),
             None
         );
+        // Outputs claiming more than u64 holds: no fee, and no panic on the sum.
+        let mut huge = spending(&[i1, i2], u64::MAX);
+        huge.output.push(huge.output[0].clone());
+        let w = Withdrawal::from_spends(&huge, &spent, None, Source::Api).unwrap();
+        assert_eq!(w.fee_sats, None);
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! `GET /v1/audit/export?format=jsonl|csv&from=&to=`: the log with its hash chain, streamed
-//! a page at a time (memory does not grow with the log).
+//! a page at a time (memory does not grow with the log), ending with the export's trailer.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -53,34 +52,20 @@ pub async fn export(
         Some(t) => t,
         None => store::head(&s.pool).await?.0,
     };
-    let header_chunk = (format == Format::Csv).then(audit::csv_header);
-    let pages = futures::stream::unfold(Some(from - 1), move |after| {
-        let pool = s.pool.clone();
-        async move {
-            let after = after?;
-            if after >= to {
-                return None;
-            }
-            match audit::page(&pool, after, to, audit::PAGE).await {
-                Ok(records) if records.is_empty() => None,
-                Ok(records) => {
-                    let next = records.last().map(|r| r.position);
-                    let mut buf = Vec::with_capacity(records.len() * 600);
-                    for r in &records {
-                        r.write(format, &mut buf);
-                    }
-                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), next))
-                }
-                Err(e) => {
-                    // The status is sent already: end the body early; the receiver sees a
-                    // truncated export, which verify-log reports.
-                    tracing::error!(error = %e, after, "audit export failed mid-stream");
-                    Some((Err(std::io::Error::other("database error")), None))
-                }
+    let export = audit::Export::new(format, from, to);
+    let body = futures::stream::unfold(Some((export, s.pool)), |state| async move {
+        let (mut export, pool) = state?;
+        match export.next_chunk(&pool).await {
+            Ok(Some(chunk)) => Some((Ok(Bytes::from(chunk)), Some((export, pool)))),
+            Ok(None) => None,
+            Err(e) => {
+                // The status is sent already: end the body early, without the trailer;
+                // verify-log reports the file truncated.
+                tracing::error!(error = %e, "audit export failed mid-stream");
+                Some((Err(std::io::Error::other("database error")), None))
             }
         }
     });
-    let body = futures::stream::iter(header_chunk.map(|h| Ok(Bytes::from(h)))).chain(pages);
     let filename = match format {
         Format::Jsonl => "chainledger-audit.jsonl",
         Format::Csv => "chainledger-audit.csv",

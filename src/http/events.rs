@@ -9,7 +9,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ApiError;
 use super::extract::Query;
 use super::AppState;
-use crate::domain::filter::TypeFilter;
 use crate::domain::stream::Position;
 use crate::store::{self, StoredEvent};
 
@@ -46,12 +45,6 @@ pub async fn tail(
     Query(q): Query<TailQuery>,
 ) -> Result<axum::Json<Page>, ApiError> {
     let after = q.after.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::bad_request(
-            "invalid_after",
-            "after: must be 0 or a position",
-        ));
-    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -66,9 +59,7 @@ pub async fn tail(
             format!("wait: at most {MAX_WAIT_SECS} seconds"),
         ));
     }
-    let filter = TypeFilter::parse(q.types.as_deref())
-        .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?;
-    let types = filter.map(|f| f.expand());
+    let types = super::stream::read_from(&s, "after", after, q.types.as_deref()).await?;
     let deadline = Instant::now() + Duration::from_secs(wait);
     let mut cursor = after;
     loop {

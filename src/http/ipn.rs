@@ -50,8 +50,13 @@ pub async fn require_token(State(s): State<AppState>, req: Request, next: Next) 
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
 }
 
-/// The request's fields: the query string, then a form body (its fields win).
-fn fields(query: Option<String>, body: &Bytes) -> HashMap<String, String> {
+/// The request's fields: the query string, then a form body (its fields win); a field
+/// PostgreSQL could not store is refused by its name.
+fn fields(query: Option<String>, body: &Bytes) -> Result<HashMap<String, String>, ApiError> {
+    if let Some(q) = &query {
+        super::text::check_form(q.as_bytes())?;
+    }
+    super::text::check_form(body)?;
     let mut fields: HashMap<String, String> = query
         .as_deref()
         .map(|q| {
@@ -62,7 +67,7 @@ fn fields(query: Option<String>, body: &Bytes) -> HashMap<String, String> {
         .unwrap_or_default();
     fields.extend(url::form_urlencoded::parse(body).into_owned());
     fields.remove("token");
-    fields
+    Ok(fields)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -89,7 +94,7 @@ pub async fn balance(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<axum::Json<Totals>, ApiError> {
-    let fields = fields(query, &body);
+    let fields = fields(query, &body)?;
     let address = fields
         .get("address")
         .ok_or_else(|| ApiError::bad_request("invalid_address", "address: required"))?;
@@ -118,15 +123,19 @@ pub async fn balance(
               (status = 422, description = "fail: a field out of range", content_type = "text/plain", body = String)),
     security(("bearer" = [])))]
 /// `/btc_ipn`: `success` once `url` is subscribed to the address (again: already
-/// subscribed with the same `max_confirms` is a success too); else `fail`, with the reason
-/// in the `chainledger-error` header and the log.
+/// subscribed with the same `max_confirms` is a success too, and identical calls racing
+/// create one subscriber); else `fail`, with the reason in the `chainledger-error` header
+/// and the log.
 pub async fn subscribe(
     State(s): State<AppState>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let fields = fields(query, &body);
-    match subscribe_fields(&s, &fields).await {
+    let outcome = match fields(query, &body) {
+        Ok(fields) => subscribe_fields(&s, &fields).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
         Ok(()) => (StatusCode::OK, plain("success")).into_response(),
         Err(e) => {
             let (status, message) = match &e {
@@ -200,7 +209,7 @@ async fn subscribe_fields(s: &AppState, fields: &HashMap<String, String>) -> Res
         .get("ipn_auth")
         .cloned()
         .or_else(|| s.ipn_auth.as_deref().map(String::from));
-    let view = create_subscriber(
+    let made = create_subscriber(
         s,
         NewSubscriber {
             url: Some(url),
@@ -209,10 +218,13 @@ async fn subscribe_fields(s: &AppState, fields: &HashMap<String, String>) -> Res
             max_confirms: Some(max_confirms),
             ipn_auth,
             start: Some(Start::Named("now".into())),
+            once_per_key: true,
             ..NewSubscriber::default()
         },
     )
     .await?;
-    tracing::info!(subscriber = %view.id(), "IPN subscription made through /btc_ipn");
+    if let Some(view) = made {
+        tracing::info!(subscriber = %view.id(), "IPN subscription made through /btc_ipn");
+    }
     Ok(())
 }

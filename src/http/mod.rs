@@ -16,6 +16,7 @@ mod openapi;
 mod status;
 mod stream;
 mod subscribers;
+mod text;
 mod withdrawals;
 
 use std::sync::Arc;

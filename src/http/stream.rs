@@ -50,6 +50,35 @@ pub fn access_token(req: &axum::extract::Request) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Where a reader of the log (the tail, this stream) starts, checked: `after` (given as
+/// `field`) is 0 or a position the log has reached (beyond the head is a 400 naming the
+/// head: a client cannot have seen it, and would otherwise wait silently for positions
+/// another log holds), and the `types` filter names real types (expanded; `None`: every
+/// type).
+pub(super) async fn read_from(
+    s: &AppState,
+    field: &str,
+    after: i64,
+    types: Option<&str>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if after < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            format!("{field}: must be 0 or a position"),
+        ));
+    }
+    let filter = TypeFilter::parse(types)
+        .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?;
+    let head = store::head(&s.pool).await?.0;
+    if after > head {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            format!("{field}: {after} is beyond the head {head}"),
+        ));
+    }
+    Ok(filter.map(|f| f.expand()))
+}
+
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery),
     responses((status = 200, content_type = "text/event-stream", description = "SSE: id = position, data = event envelope"),
               (status = 400)),
@@ -74,16 +103,11 @@ pub async fn stream(
                 })?,
         ),
     };
-    let after = last_event_id.or(q.after).unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::bad_request(
-            "invalid_after",
-            "after: must be 0 or a position",
-        ));
-    }
-    let types = TypeFilter::parse(q.types.as_deref())
-        .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?
-        .map(|f| f.expand());
+    let (field, after) = match last_event_id {
+        Some(id) => ("Last-Event-ID", id),
+        None => ("after", q.after.unwrap_or(0)),
+    };
+    let types = read_from(&s, field, after, q.types.as_deref()).await?;
 
     struct Tail {
         s: AppState,

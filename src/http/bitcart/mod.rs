@@ -229,6 +229,10 @@ fn xpub_param(params: &Value) -> Result<Option<String>, RpcError> {
     match named.get("xpub") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(x)) if x.trim().is_empty() => Ok(None),
+        Some(Value::String(x)) if x.contains('\0') => Err(RpcError::new(
+            &INVALID_PARAMS,
+            format!("xpub: {}", super::text::NUL_MESSAGE),
+        )),
         Some(Value::String(x)) => Ok(Some(x.trim().to_string())),
         Some(_) => Err(RpcError::new(
             &INVALID_PARAMS,

@@ -53,6 +53,10 @@ pub struct NewSubscriber {
     pub max_confirms: Option<u32>,
     /// ipn: the shared secret sent as `ipn_auth` (default: a random one, shown once).
     pub ipn_auth: Option<String>,
+    /// Set by `/btc_ipn` only: create the subscriber only if no live one holds its
+    /// (address, url, max_confirms) key (migrations/0008), atomically with the insert.
+    #[serde(skip)]
+    pub once_per_key: bool,
 }
 
 /// A subscriber as the API shows it.
@@ -64,17 +68,21 @@ pub async fn create(
     State(s): State<AppState>,
     Json(body): Json<NewSubscriber>,
 ) -> Result<(StatusCode, axum::Json<SubscriberView>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(create_subscriber(&s, body).await?),
-    ))
+    // `once_per_key` never comes from JSON (serde skip): this always creates one.
+    let view = create_subscriber(&s, body).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "no subscriber created without once_per_key"
+        ))
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
-/// Validates and creates a subscriber (also for `/btc_ipn`).
+/// Validates and creates a subscriber (also for `/btc_ipn`); `None` when `once_per_key`
+/// found the key held by a live subscriber (nothing was created).
 pub async fn create_subscriber(
     s: &AppState,
     body: NewSubscriber,
-) -> Result<SubscriberView, ApiError> {
+) -> Result<Option<SubscriberView>, ApiError> {
     let (url, command) = match (body.url.as_deref().map(str::trim), body.command) {
         (None, None) => return Err(ApiError::invalid_field("url", "required (or command)")),
         (Some(_), Some(_)) => {
@@ -127,22 +135,13 @@ pub async fn create_subscriber(
             }
         }
     }
-    let spec = match &body.types {
-        None => None,
-        Some(Types::List(list)) => Some(list.join(",")),
-        Some(Types::Comma(comma)) => Some(comma.clone()),
-    };
-    let filter =
-        TypeFilter::parse(spec.as_deref()).map_err(|e| ApiError::invalid_field("types", e))?;
-    let entries: Option<Vec<String>> = filter.as_ref().map(|_| {
-        spec.as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect()
-    });
+    let filter = match &body.types {
+        None => Ok(None),
+        Some(Types::List(list)) => TypeFilter::parse_list(list),
+        Some(Types::Comma(comma)) => TypeFilter::parse(Some(comma)),
+    }
+    .map_err(|e| ApiError::invalid_field("types", e))?;
+    let entries: Option<Vec<String>> = filter.as_ref().map(|f| f.entries().to_vec());
     let expanded = filter.map(|f| f.expand());
     if format_name == "cryptoassets"
         && expanded.as_ref().is_some_and(|types| {
@@ -291,12 +290,33 @@ pub async fn create_subscriber(
     .fetch_one(&mut *tx)
     .await?;
     let state = cursors::record(&mut tx, &[(id, Entry::Created { start })]).await?;
+    if body.once_per_key {
+        // Waits for a concurrent holder's transaction, then sees its key: no row.
+        let holder = sqlx::query_scalar!(
+            r#"INSERT INTO ipn_subscription_keys AS k (address, url, max_confirms, subscriber_id)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (address, url, max_confirms) DO UPDATE
+                   SET subscriber_id = EXCLUDED.subscriber_id
+                   WHERE EXISTS (SELECT 1 FROM subscriber_cursors c
+                                 WHERE c.subscriber_id = k.subscriber_id AND c.status = 'deleted')
+               RETURNING subscriber_id"#,
+            address,
+            url,
+            max_confirms,
+            id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if holder.is_none() {
+            return Ok(None); // the transaction rolls back: nothing was created
+        }
+    }
     tx.commit().await?;
     s.wake_delivery.notify_one();
-    tracing::info!(subscriber = %id, url, command = ?command, format = format_name,
+    tracing::info!(subscriber = %id, url = url.as_deref().map(crate::redact::redact), command = ?command, format = format_name,
         address, cursor = start, "subscriber created");
     let state = &state[0];
-    Ok(SubscriberView {
+    Ok(Some(SubscriberView {
         id,
         url,
         command,
@@ -312,5 +332,5 @@ pub async fn create_subscriber(
         last_error: None,
         created_at,
         secret: Some(secret),
-    })
+    }))
 }
