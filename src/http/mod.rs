@@ -13,6 +13,7 @@ mod events;
 mod extract;
 mod ipn;
 mod openapi;
+pub mod server;
 mod status;
 mod stream;
 mod subscribers;
