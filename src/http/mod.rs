@@ -7,6 +7,7 @@ mod accounts;
 mod addresses;
 mod audit;
 mod bitcart;
+mod catch_panic;
 mod deposits;
 pub mod error;
 mod events;
@@ -140,7 +141,8 @@ pub fn router(state: AppState) -> Router {
         .route("/bitcart/spec", get(bitcart::spec))
         .route("/spec", get(bitcart::spec))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(catch_panic::layer());
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,
