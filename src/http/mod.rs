@@ -73,7 +73,10 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The API's routes and layers. Starts the readiness probe `/readyz` answers from (it
+/// ends at shutdown).
 pub fn router(state: AppState) -> Router {
+    let health = status::Health::start(&state);
     let cors = (!state.cors_allow_origins.is_empty()).then(|| {
         tower_http::cors::CorsLayer::new()
             .allow_origin(state.cors_allow_origins.clone())
@@ -128,7 +131,10 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(ipn)
         .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
+        .route(
+            "/readyz",
+            get(status::readyz).layer(axum::Extension(health)),
+        )
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi::spec))
         .nest("/v1", v1)
