@@ -1,6 +1,7 @@
 //! The Bitcart websocket (`GET /bitcart/ws`): frames of updates from the client's
 //! cursor on, then each new one as it commits; the cursor moves once the client's pong to
-//! a ping sent after the frames shows it read them.
+//! a ping sent after the frames shows it read them. A client's frame or message over
+//! 64 KiB ends the websocket.
 
 use std::collections::HashMap;
 
