@@ -353,7 +353,7 @@ async fn six_hundred_readyz_calls_while_the_node_hangs_answer_at_once_without_pi
         most_threads = most_threads.max(process.threads());
     }
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "/readyz took {slowest:?} with the node hung"
     );
     assert!(
