@@ -60,8 +60,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
 async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    let limits = http::server::Limits::resolve(&cfg).map_err(anyhow::Error::msg)?;
     tracing::info!(config = ?cfg, "starting");
-    let pool = db::connect(&cfg.db, 20 + cfg.webhook_workers).await?;
+    let pool = db::connect(&cfg.db, cfg.database_pool_size()).await?;
     db::migrate(&pool).await?;
 
     let credentials = match (
@@ -160,19 +161,18 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("failed to listen on {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP API listening");
-    let mut stopped_http = stopped;
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped_http.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tracing::info!(
+        %addr,
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_per_ip,
+        "HTTP API listening"
+    );
+    let server = tokio::spawn(http::server::serve(
+        listener,
+        http::router(state),
+        limits,
+        stopped,
+    ));
     Ok(Running {
         addr,
         stop,

@@ -249,6 +249,26 @@ pub struct Config {
     // Checked by `validate`, not by a value parser, whose error would print it unredacted.
     #[arg(long, env = "WEBHOOK_PROXY", hide_env_values = true)]
     pub webhook_proxy: Option<String>,
+    /// Milliseconds a client has to send a request's headers in full, from the opening of
+    /// the connection or from the first byte after the previous response; then it is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may wait, idle, for its next request; also how
+    /// long a response may wait for a client that does not read it.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_ms: u64,
+    /// Milliseconds a request body has to arrive in full once its headers have; then 408.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+    /// HTTP connections served at once (websockets and SSE streams included); one more is
+    /// answered 503. Default: what the file-descriptor limit (RLIMIT_NOFILE) leaves after
+    /// the database pool, the node's RPC and webhook delivery, at most 16384.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: Option<u32>,
+    /// HTTP connections one client address (an IPv6 /64) may hold at once; one more is
+    /// answered 503. Default: a quarter of HTTP_MAX_CONNECTIONS.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections_per_ip: Option<u32>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -298,6 +318,12 @@ impl Config {
             Command::Serve(cfg) => *cfg,
             _ => unreachable!("parsed as serve"),
         }
+    }
+
+    /// The database pool: the connections held for long (one per webhook worker among
+    /// them) plus the HTTP handlers' share.
+    pub fn database_pool_size(&self) -> u32 {
+        20 + self.webhook_workers
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -423,6 +449,14 @@ impl fmt::Debug for Config {
             .field(
                 "webhook_proxy",
                 &self.webhook_proxy.as_deref().map(redact_url),
+            )
+            .field("http_header_timeout_ms", &self.http_header_timeout_ms)
+            .field("http_idle_timeout_ms", &self.http_idle_timeout_ms)
+            .field("http_body_timeout_ms", &self.http_body_timeout_ms)
+            .field("http_max_connections", &self.http_max_connections)
+            .field(
+                "http_max_connections_per_ip",
+                &self.http_max_connections_per_ip,
             )
             .finish()
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{free_port, wait_healthy, ServiceProcess};
+use common::process::{free_port, wait_healthy, ServiceProcess, NO_ENV};
 use common::receiver::Receiver;
 use common::*;
 
@@ -128,12 +128,12 @@ async fn after_a_sigkill_mid_sync_every_height_is_processed_once_without_gaps_or
     setup.stop().await;
 
     let port = free_port();
-    let mut child = ServiceProcess::spawn(&db, &node, port, &[]);
+    let mut child = ServiceProcess::spawn(&db, &node, port, NO_ENV);
     let miner = Miner::start(node.clone(), &address, Duration::from_millis(15));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         child.kill();
-        child = ServiceProcess::spawn(&db, &node, port, &[]);
+        child = ServiceProcess::spawn(&db, &node, port, NO_ENV);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     miner.stop();
@@ -200,7 +200,7 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
     let r = Receiver::start().await;
     r.delay(3); // a burst that lasts about a second
     let port = free_port();
-    let mut child = ServiceProcess::spawn(&db, &node, port, &[]);
+    let mut child = ServiceProcess::spawn(&db, &node, port, NO_ENV);
     let svc = Service::at(format!("http://127.0.0.1:{port}"));
     wait_healthy(&svc).await;
     svc.subscribe(&r.url, serde_json::json!({"start": "beginning"}))
@@ -212,7 +212,7 @@ async fn after_sigkills_mid_delivery_every_event_arrives_in_order_and_only_in_fl
         })
         .await;
         child.kill();
-        child = ServiceProcess::spawn(&db, &node, port, &[]);
+        child = ServiceProcess::spawn(&db, &node, port, NO_ENV);
         wait_healthy(&svc).await;
     }
     let head = svc.head().await;

@@ -62,7 +62,12 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
             .args(["--exclude-path", "/v1/events/stream"])
             .args(["--exclude-path", "/bitcart/ws", "--exclude-path", "/ws"])
             .args(["--workers", "2", "--request-timeout", "40"])
-            .args(["--generation-database", "none", "--generation-allow-x00", "true"])
+            .args([
+                "--generation-database",
+                "none",
+                "--generation-allow-x00",
+                "true",
+            ])
             .arg("--no-color")
             .env("SCHEMATHESIS_HOOKS", "")
             // It keeps a cache of crashes in its working directory: not in the tree.

@@ -6,9 +6,12 @@
 //! we use.
 //!
 //! The calls block, so they run on tokio's blocking pool — at most [`MAX_CALLS`] at once
-//! (a semaphore): a hung node holds that many threads and no more, and every call gives
-//! up after [`TIMEOUT`], shorter than any caller waits. Many small calls of one kind
-//! (block hashes, mempool transactions) go as one JSON-RPC batch per request.
+//! (a semaphore): a hung node holds that many threads and no more. A call waits at most
+//! [`QUEUE_TIMEOUT`] for its turn, then the transport gives up after [`TIMEOUT`] (a
+//! deadline for the whole request); the caller waits for the thread rather than under a
+//! shorter timeout of its own, so no thread outlives the call that started it. Many small
+//! calls of one kind (block hashes, mempool transactions) go as one JSON-RPC batch per
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +26,10 @@ use tokio::sync::Semaphore;
 
 /// RPC calls in flight at once, each holding a blocking thread.
 pub const MAX_CALLS: usize = 8;
-/// One call, waiting for a permit included.
+/// One call on the wire (the transport's deadline, connecting included).
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for a free permit.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls per JSON-RPC batch.
 pub const BATCH: usize = 500;
 
@@ -92,28 +97,30 @@ impl Node {
         })
     }
 
-    /// Runs a blocking RPC on the blocking pool, once a permit is free; gives up after
-    /// [`TIMEOUT`] (the thread, if it started, ends with the transport's own timeout).
+    /// Runs a blocking RPC on the blocking pool once a permit is free (giving up after
+    /// [`QUEUE_TIMEOUT`]); the transport ends the call after [`TIMEOUT`].
     async fn call<T, F>(&self, f: F) -> anyhow::Result<Result<T, bitcoincore_rpc::Error>>
     where
         T: Send + 'static,
         F: FnOnce(&Client) -> Result<T, bitcoincore_rpc::Error> + Send + 'static,
     {
         let client = self.client.clone();
-        let permits = self.permits.clone();
-        let run = async move {
-            let permit = permits.acquire_owned().await.expect("never closed");
-            tokio::task::spawn_blocking(move || {
-                let answer = f(&client);
-                drop(permit);
-                answer
-            })
+        let permit = tokio::time::timeout(QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
-            .expect("rpc task does not panic")
-        };
-        tokio::time::timeout(TIMEOUT, run)
-            .await
-            .map_err(|_| anyhow::anyhow!("the node did not answer within {TIMEOUT:?}"))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the node did not answer: {MAX_CALLS} calls were still waiting for it after {QUEUE_TIMEOUT:?}"
+                )
+            })?
+            .expect("never closed");
+        let answer = tokio::task::spawn_blocking(move || {
+            let answer = f(&client);
+            drop(permit);
+            answer
+        })
+        .await
+        .expect("rpc task does not panic");
+        Ok(answer)
     }
 
     /// `method` once per parameter list, in batches of [`BATCH`]; the answers in order,

@@ -7,12 +7,14 @@ mod accounts;
 mod addresses;
 mod audit;
 mod bitcart;
+mod catch_panic;
 mod deposits;
 pub mod error;
 mod events;
 mod extract;
 mod ipn;
 mod openapi;
+pub mod server;
 mod status;
 mod stream;
 mod subscribers;
@@ -112,7 +114,10 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/v1/subscribers/{id}/deliveries", "get"),
 ];
 
+/// The API's routes and layers. Starts the readiness probe `/readyz` answers from (it
+/// ends at shutdown).
 pub fn router(state: AppState) -> Router {
+    let health = status::Health::start(&state);
     let cors = (!state.cors_allow_origins.is_empty()).then(|| {
         tower_http::cors::CorsLayer::new()
             .allow_origin(state.cors_allow_origins.clone())
@@ -167,7 +172,10 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(ipn)
         .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
+        .route(
+            "/readyz",
+            get(status::readyz).layer(axum::Extension(health)),
+        )
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi::spec))
         .nest("/v1", v1)
@@ -180,7 +188,8 @@ pub fn router(state: AppState) -> Router {
         .route("/bitcart/spec", get(bitcart::spec))
         .route("/spec", get(bitcart::spec))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(catch_panic::layer());
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,

@@ -102,7 +102,9 @@ impl Modify for Aliases {
             .and_then(|op| op.request_body.as_mut())
         {
             body.required = Some(utoipa::openapi::Required::False);
-            let any = ObjectBuilder::new().schema_type(SchemaType::AnyValue).build();
+            let any = ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .build();
             body.content = [("application/json".to_string(), Content::new(Some(any)))].into();
         }
         for (alias, of) in [
@@ -147,11 +149,13 @@ impl Modify for SharedAnswers {
                 Content::new(Some(Ref::from_schema_name("Error"))),
             );
             if *status == "503" || *status == "401" {
-                let header = if *status == "503" { "Retry-After" } else { "WWW-Authenticate" };
+                let header = if *status == "503" {
+                    "Retry-After"
+                } else {
+                    "WWW-Authenticate"
+                };
                 let schema = ObjectBuilder::new().schema_type(Type::String).build();
-                response
-                    .headers
-                    .insert(header.into(), Header::new(schema));
+                response.headers.insert(header.into(), Header::new(schema));
             }
             components
                 .responses
@@ -160,7 +164,8 @@ impl Modify for SharedAnswers {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let has_path_params = path.contains('{');
             for op in operations(item) {
-                let has_params = has_path_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let has_params =
+                    has_path_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 // The Bitcart endpoint answers every request with a JSON-RPC 200.
                 let json_body = !path.starts_with("/bitcart")
                     && op
@@ -233,7 +238,10 @@ mod tests {
         }
         let create = &paths["/v1/accounts"]["post"]["responses"];
         for status in ["400", "401", "408", "413", "415", "422"] {
-            assert!(create.get(status).is_some(), "POST /v1/accounts lacks {status}");
+            assert!(
+                create.get(status).is_some(),
+                "POST /v1/accounts lacks {status}"
+            );
         }
     }
 }

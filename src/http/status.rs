@@ -1,14 +1,19 @@
 //! Liveness, readiness, status and metrics.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
@@ -21,22 +26,99 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How often the readiness probes run.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How old a probe's good answer may be for `/readyz` to still trust it: a probe that has
+/// not come back by then (a hung node) means not ready.
+const FRESH_FOR: Duration = Duration::from_secs(3);
+/// The database probe gives up after this (dropping a query frees nothing but a pooled
+/// connection; the node's calls give up by themselves, see [`crate::chain::node`]).
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for the first probes right after start.
+const FIRST_PROBE: Duration = Duration::from_secs(2);
+
+/// What the readiness probes last found. Each dependency has one probe in flight at most,
+/// run in the background, so `/readyz` answers at once and never adds a call to a
+/// database or node that is already struggling.
+pub struct Health {
+    database: watch::Receiver<Option<Checked>>,
+    node: watch::Receiver<Option<Checked>>,
+}
+
+#[derive(Clone, Copy)]
+struct Checked {
+    at: Instant,
+    ok: bool,
+}
+
+impl Health {
+    /// Starts the probes; they end at shutdown.
+    pub fn start(s: &AppState) -> Arc<Health> {
+        let pool = s.pool.clone();
+        let database = probe(s.shutdown.clone(), move || {
+            let pool = pool.clone();
+            async move {
+                let query = sqlx::query("SELECT 1").execute(&pool);
+                matches!(
+                    tokio::time::timeout(DATABASE_TIMEOUT, query).await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        let node = s.node.clone();
+        let node = probe(s.shutdown.clone(), move || {
+            let node = node.clone();
+            async move { node.block_count().await.is_ok() }
+        });
+        Arc::new(Health { database, node })
+    }
+}
+
+fn probe<F, Fut>(mut shutdown: watch::Receiver<bool>, check: F) -> watch::Receiver<Option<Checked>>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let ok = tokio::select! {
+                ok = check() => ok,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            tx.send_replace(Some(Checked {
+                at: Instant::now(),
+                ok,
+            }));
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + PROBE_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    rx
+}
+
+/// Whether the probe's last answer is good and recent (waiting briefly for a first one).
+async fn ready(probe: &watch::Receiver<Option<Checked>>) -> bool {
+    let mut probe = probe.clone();
+    let first = tokio::time::timeout(FIRST_PROBE, probe.wait_for(Option::is_some)).await;
+    match first {
+        Ok(Ok(checked)) => checked.is_some_and(|c| c.ok && c.at.elapsed() < FRESH_FOR),
+        _ => false,
+    }
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "status",
-    responses((status = 200, description = "the database and the node answer", body = Object,
+    responses((status = 200, description = "the database and the node answered their last probe (one a second each, in the background) within 3 s", body = Object,
                example = json!({"database": true, "node": true})),
               (status = 503, description = "the database or the node does not answer (named false)", body = Object,
                example = json!({"database": true, "node": false}))))]
-/// 200 when both the database and the node answer within two seconds, else 503 naming which.
-pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let timeout = Duration::from_secs(2);
-    let db = matches!(
-        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&s.pool)).await,
-        Ok(Ok(_))
-    );
-    let node = matches!(
-        tokio::time::timeout(timeout, s.node.block_count()).await,
-        Ok(Ok(_))
-    );
+/// 200 when the database and the node answered their last probe, within the last few
+/// seconds; else 503 naming which.
+pub async fn readyz(Extension(health): Extension<Arc<Health>>) -> impl IntoResponse {
+    let (db, node) = tokio::join!(ready(&health.database), ready(&health.node));
     let status = if db && node {
         StatusCode::OK
     } else {

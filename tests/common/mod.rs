@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod process;
 pub mod receiver;
 pub mod rpc_proxy;
@@ -68,8 +69,12 @@ fn server_url() -> &'static str {
 
 /// A fresh, empty database on the test server.
 pub async fn fresh_database() -> String {
+    fresh_database_on(server_url()).await
+}
+
+/// A fresh, empty database on the server `admin` connects to.
+pub async fn fresh_database_on(admin: &str) -> String {
     let name = format!("t_{}", Uuid::new_v4().simple());
-    let admin = server_url();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin)
         .await
         .expect("connect to the test server");

@@ -1,10 +1,15 @@
 //! The service as a separate process of the release-shaped binary, for what only a
 //! process shows: SIGKILL, SIGSTOP/SIGCONT, several instances against one database.
 
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{binary, eventually, Node, Service, TOKEN};
+
+/// No settings beyond the tests' usual ones, for [`ServiceProcess::spawn`].
+pub const NO_ENV: &[(&str, &str)] = &[];
 
 /// A service process on its own port; SIGKILLed when dropped, also when a test fails.
 pub struct ServiceProcess {
@@ -13,11 +18,28 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// `chainledger serve` against `db` and `node`, with the tests' usual settings, then
-    /// `env` (which may override them).
-    pub fn spawn(db: &str, node: &Node, port: u16, env: &[(&str, String)]) -> ServiceProcess {
-        let child = Command::new(binary())
-            .arg("serve")
+    /// `chainledger serve` against `db` and `node` on `port`, with the tests' usual
+    /// settings, then `env` (which may override them).
+    pub fn spawn<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        db: &str,
+        node: &Node,
+        port: u16,
+        env: &[(K, V)],
+    ) -> ServiceProcess {
+        Self::spawn_with(db, node, port, env, None)
+    }
+
+    /// As [`ServiceProcess::spawn`], its file-descriptor limit set to `nofile` (soft and
+    /// hard) when given.
+    pub fn spawn_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        db: &str,
+        node: &Node,
+        port: u16,
+        env: &[(K, V)],
+        nofile: Option<u64>,
+    ) -> ServiceProcess {
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
             .env("DATABASE_URL", db)
             .env("BITCOIND_RPC_URL", &node.url)
             .env("BITCOIND_RPC_USER", &node.user)
@@ -30,11 +52,27 @@ impl ServiceProcess {
             .env("WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
             .env("WEBHOOK_RETRY_SCHEDULE", "0s,200ms,400ms")
             .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the binary");
+            .stderr(Stdio::inherit());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start the binary");
         ServiceProcess { child, port }
     }
 
@@ -43,8 +81,38 @@ impl ServiceProcess {
         Service::at(format!("http://127.0.0.1:{}", self.port))
     }
 
+    /// A client of this process connecting from `source` (a loopback address: the
+    /// service counts connections per client address).
+    pub fn client_from(&self, source: Ipv4Addr) -> Service {
+        let mut svc = self.client();
+        svc.http = reqwest::Client::builder()
+            .local_address(IpAddr::V4(source))
+            .build()
+            .unwrap();
+        svc
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process's threads now (/proc/PID/status).
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a Threads line")
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Sends `signal` ("STOP", "CONT", "KILL", "TERM") to the process.
@@ -65,8 +133,7 @@ impl ServiceProcess {
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
-        // A stopped process cannot die of SIGKILL until it is continued on some kernels'
-        // reaping paths; continue it first.
+        // Continued first, so a test failing while it is stopped leaves nothing stopped.
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
             .status();

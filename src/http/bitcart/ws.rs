@@ -1,6 +1,7 @@
 //! The Bitcart websocket (`GET /bitcart/ws`): frames of updates from the client's
 //! cursor on, then each new one as it commits; the cursor moves once the client's pong to
-//! a ping sent after the frames shows it read them.
+//! a ping sent after the frames shows it read them. A client's frame or message over
+//! 64 KiB ends the websocket.
 
 use std::collections::HashMap;
 
@@ -19,7 +20,7 @@ use super::{
     UNKNOWN_WALLET, WALLET_GRACE,
 };
 use crate::compat::bitcart::{self as mapping, Page};
-use crate::http::AppState;
+use crate::http::{AppState, MAX_BODY_BYTES};
 
 /// `GET /bitcart/ws`: Basic auth on the upgrade (a refusal is a 401 with a JSON-RPC body:
 /// a websocket handshake cannot answer 200).
@@ -46,6 +47,11 @@ pub async fn ws(
         )
             .into_response();
     };
+    // A client's message is a wallet's name: as large as an HTTP body at most, so a frame
+    // cannot make the service buffer megabytes (tungstenite's defaults: 16/64 MiB).
+    let upgrade = upgrade
+        .max_frame_size(MAX_BODY_BYTES)
+        .max_message_size(MAX_BODY_BYTES);
     upgrade.on_upgrade(move |socket| async move {
         if let Err(e) = serve_socket(s, client, socket).await {
             tracing::info!(error = %e, "bitcart websocket ended");
