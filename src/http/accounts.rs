@@ -23,8 +23,11 @@ use crate::unit_of_work::{Decided, RecordError};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
+    /// 1 to 200 characters (surrounding white space trimmed).
+    #[schema(min_length = 1, max_length = 200)]
     label: String,
     /// Defaults to CREDIT_CONFIRMATIONS; at most FINAL_CONFIRMATIONS.
+    #[schema(minimum = 1)]
     credit_confirmations: Option<u32>,
     /// A BIP32 xpub/tpub: the account derives its addresses (with `derivation`, default
     /// `0/*`, and `script_type`: p2pkh (default), p2wpkh, p2sh-p2wpkh, p2tr).
@@ -33,7 +36,9 @@ pub struct NewAccount {
     script_type: Option<String>,
     /// An output descriptor with one wildcard, e.g. `wpkh(tpub…/0/*)` (instead of `xpub`).
     descriptor: Option<String>,
-    /// Derived addresses watched past the highest handed out or paid (default 20).
+    /// Derived addresses watched past the highest handed out or paid (default 20; 1 to
+    /// 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     lookahead: Option<u32>,
 }
 

@@ -21,8 +21,10 @@ pub struct ExportQuery {
     #[param(value_type = Option<String>)]
     format: Option<Format>,
     /// First position (default 1).
+    #[param(minimum = 1)]
     from: Option<i64>,
-    /// Last position (default: the head when the request arrives).
+    /// Last position, not below `from` (default: the head when the request arrives).
+    #[param(minimum = 1)]
     to: Option<i64>,
 }
 

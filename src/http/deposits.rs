@@ -51,6 +51,7 @@ pub struct ListQuery {
     account_id: Option<Uuid>,
     address: Option<String>,
     /// At most 1000; default 100. Newest first.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

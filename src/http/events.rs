@@ -19,10 +19,13 @@ pub const MAX_WAIT_SECS: u64 = 30;
 #[serde(deny_unknown_fields)]
 pub struct TailQuery {
     /// Return events with a position greater than this (default 0: from the first event).
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// At most 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Seconds to wait for a first event when there is none yet (at most 30; default 0).
+    #[param(minimum = 0, maximum = 30)]
     wait: Option<u64>,
     /// Comma list of types; `deposit.*` style wildcards.
     types: Option<String>,

@@ -80,8 +80,8 @@ pub struct Totals {
     unconfirmed_sats: u64,
 }
 
-#[utoipa::path(method(get, post), path = "/btc", tag = "crypto-ipn",
-    description = "GET with `address` in the query, or POST with it as a form field.",
+#[utoipa::path(get, path = "/btc", tag = "crypto-ipn",
+    description = "GET with `address` in the query, or POST with it as a form field (the POST is documented from these parameters).",
     params(("address" = String, Query, description = "a watched address")),
     request_body(content = String, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = Totals), (status = 400), (status = 404)),
@@ -110,8 +110,8 @@ pub async fn balance(
     }))
 }
 
-#[utoipa::path(method(get, post), path = "/btc_ipn", tag = "crypto-ipn",
-    description = "GET with the fields in the query, or POST with them in a form body. Answers text `success` or `fail` (the reason in the `chainledger-error` header).",
+#[utoipa::path(get, path = "/btc_ipn", tag = "crypto-ipn",
+    description = "GET with the fields in the query, or POST with them in a form body (the POST is documented from these parameters). Answers text `success` or `fail` (the reason in the `chainledger-error` header).",
     params(("address" = String, Query, description = "a watched address"),
            ("url" = String, Query, description = "where IPN notifications go"),
            ("max_confirms" = Option<u32>, Query, description = "default 3"),

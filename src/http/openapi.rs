@@ -107,6 +107,17 @@ impl Modify for Aliases {
                 .build();
             body.content = [("application/json".to_string(), Content::new(Some(any)))].into();
         }
+        // `/btc` and `/btc_ipn` take their fields from the query (GET) or a form (POST): the
+        // POST is the GET with its query parameters as the form's fields.
+        for path in ["/btc", "/btc_ipn"] {
+            if let Some(item) = paths.get_mut(path) {
+                // (The handler's annotation needs a body to document its `Bytes`.)
+                if let Some(get) = item.get.as_mut() {
+                    get.request_body = None;
+                }
+                item.post = item.get.clone().map(as_form_post);
+            }
+        }
         for (alias, of) in [
             ("/bitcart/", "/bitcart"),
             ("/ws", "/bitcart/ws"),
@@ -136,7 +147,7 @@ const SHARED: &[(&str, &str, &str)] = &[
     ("415", "UnsupportedMediaType", "`unsupported_media_type`: the body is not `application/json`."),
     ("422", "InvalidField", "`invalid_body` (a field missing or of the wrong type) or `invalid_field` (a value out of its range), the message naming the field."),
     ("500", "Internal", "`internal`: logged with its cause, shown only as \"internal error\"."),
-    ("503", "Unavailable", "`overloaded`: more connections than HTTP_MAX_CONNECTIONS (or HTTP_MAX_CONNECTIONS_PER_IP from one address); retry after `Retry-After` seconds."),
+    ("503", "Unavailable", "`too_many_connections`: more connections than HTTP_MAX_CONNECTIONS (or HTTP_MAX_CONNECTIONS_PER_IP from one address); retry after `Retry-After` seconds."),
 ];
 
 impl Modify for SharedAnswers {
@@ -167,7 +178,8 @@ impl Modify for SharedAnswers {
                 let has_params =
                     has_path_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 // The Bitcart endpoint answers every request with a JSON-RPC 200.
-                let json_body = !path.starts_with("/bitcart")
+                let rpc = path.starts_with("/bitcart");
+                let json_body = !rpc
                     && op
                         .request_body
                         .as_ref()
@@ -176,7 +188,7 @@ impl Modify for SharedAnswers {
                 let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 for (status, name, _) in SHARED {
                     let applies = match *status {
-                        "400" | "422" => has_params || json_body,
+                        "400" | "422" => has_params || json_body || (any_body && !rpc),
                         "401" => secured,
                         "404" => has_path_params,
                         "408" | "413" => any_body,
@@ -193,6 +205,29 @@ impl Modify for SharedAnswers {
             }
         }
     }
+}
+
+/// The operation with its query parameters moved into an
+/// `application/x-www-form-urlencoded` body.
+fn as_form_post(mut op: Operation) -> Operation {
+    let mut form = ObjectBuilder::new().schema_type(Type::Object);
+    for p in op.parameters.take().unwrap_or_default() {
+        if let Some(schema) = p.schema {
+            form = form.property(&p.name, schema);
+        }
+        if p.required == utoipa::openapi::Required::True {
+            form = form.required(&p.name);
+        }
+    }
+    let mut body = utoipa::openapi::request_body::RequestBody::new();
+    body.content.insert(
+        "application/x-www-form-urlencoded".into(),
+        Content::new(Some(form.build())),
+    );
+    body.required = Some(utoipa::openapi::Required::True);
+    op.request_body = Some(body);
+    op.operation_id = op.operation_id.map(|id| format!("{id}_form"));
+    op
 }
 
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {

@@ -36,6 +36,7 @@ pub enum Start {
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
     /// http(s) URL; must resolve to public addresses unless WEBHOOK_ALLOW_NETS allows it.
+    /// One of `url` and `command` is required.
     pub url: Option<String>,
     /// Instead of `url`: a script handler, `["/absolute/path", "arg", …]`, run once per
     /// event (only when the service runs with SCRIPT_HANDLERS=true).

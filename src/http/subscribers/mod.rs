@@ -82,7 +82,8 @@ pub async fn get_one(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
-    /// Deliver again from this position on (0 or 1: the whole log).
+    /// Deliver again from this position on (0 or 1: the whole log), at most the head + 1.
+    #[schema(minimum = 0)]
     from_position: i64,
 }
 
@@ -190,6 +191,7 @@ async fn views(s: &AppState, id: Option<Uuid>) -> Result<Vec<SubscriberView>, Ap
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// At most 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
