@@ -1,7 +1,9 @@
 //! Several instances against one database: the chain leader lease and its fencing epoch
 //! (src/leadership.rs). A killed leader is replaced within the lease; a leader paused
 //! (SIGSTOP) past a takeover appends nothing when it wakes and steps down; the log stays
-//! gapless with every height connected exactly once.
+//! gapless with every height connected exactly once; webhooks arrive in order, only the
+//! ones in flight twice; a rolling restart of three instances under a stream of deposits
+//! loses nothing.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use chainledger::leadership::Lease;
 use chainledger::unit_of_work::{Decided, RecordError, UnitOfWork};
 use common::process::{free_port, wait_healthy, ServiceProcess};
+use common::receiver::{assert_every_event_in_order, Receiver};
 use common::*;
 use serde_json::Value;
 
@@ -130,6 +133,10 @@ async fn a_killed_leader_is_replaced_and_a_paused_one_steps_down_without_appendi
     wait_healthy(&b_client).await;
     assert!(!leads(&b_client).await, "one leader at a time");
     let first = node.height();
+    let receiver = Receiver::start().await;
+    b_client
+        .subscribe(&receiver.url, serde_json::json!({"start": "beginning"}))
+        .await;
 
     let miner = Miner::start(node.clone(), &foreign_address(), Duration::from_millis(150));
     reached(&a_client, first + 3).await;
@@ -187,4 +194,87 @@ async fn a_killed_leader_is_replaced_and_a_paused_one_steps_down_without_appendi
         .and_then(|e| e["data"]["height"].as_u64())
         .unwrap();
     assert_gapless_unique_every_height_once(&events, start, tip);
+    // Webhooks: every event, in order; each instance that died or paused may have had one
+    // delivery in flight (the leases of subscribers move with the instances).
+    let head = events.len() as i64;
+    eventually(Duration::from_secs(60), || async {
+        (receiver.delivered().last() == Some(&head)).then_some(())
+    })
+    .await;
+    assert_every_event_in_order(&receiver.received(), head, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_instances_under_a_stream_of_deposits_loses_nothing() {
+    let node = Arc::new(Node::start());
+    let db = fresh_database().await;
+    let mut instances: Vec<ServiceProcess> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| ServiceProcess::spawn(&db, &node, free_port(), &env(id)))
+        .collect();
+    let client = instances[0].client();
+    for i in &instances {
+        wait_healthy(&i.client()).await;
+    }
+    // Not the node wallet's own address: its later sends would spend the deposits.
+    let address = foreign_address();
+    let account = client.account_watching(&address).await;
+    let receiver = Receiver::start().await;
+    client
+        .subscribe(&receiver.url, serde_json::json!({"start": "beginning"}))
+        .await;
+    let miner = Miner::start(node.clone(), &address, Duration::from_millis(100));
+
+    // Each instance in turn: SIGTERM (it releases what it holds), then started again on
+    // its port, while deposits keep coming.
+    for (k, id) in ["r1b", "r2b", "r3b"].iter().enumerate() {
+        let port = instances[k].port;
+        instances[k].terminate(Duration::from_secs(20));
+        let survivor = instances[(k + 1) % 3].client();
+        let before = status(&survivor).await.unwrap()["synced_tip"]
+            .as_u64()
+            .unwrap();
+        reached(&survivor, before + 2).await; // others kept following
+        instances[k] = ServiceProcess::spawn(&db, &node, port, &env(id));
+        wait_healthy(&instances[k].client()).await;
+    }
+    let paid = miner.stop();
+    let tip = node.height();
+    let client = instances[0].client();
+    client.synced_to(tip).await;
+
+    let events = client.all_events().await;
+    let start = events
+        .iter()
+        .find(|e| e["type"] == "block.connected")
+        .and_then(|e| e["data"]["height"].as_u64())
+        .unwrap();
+    assert_gapless_unique_every_height_once(&events, start, tip);
+    let seen = events
+        .iter()
+        .filter(|e| e["type"] == "deposit.seen")
+        .count();
+    assert_eq!(seen, paid, "every deposit of the stream recorded once");
+    let (credited, pending, unconfirmed) = client.balance(&account).await;
+    assert_eq!(credited + pending + unconfirmed, paid as i64 * 10_000_000);
+    assert_eq!(
+        (credited, pending, unconfirmed),
+        client.replayed_balance(&account).await
+    );
+    let head = events.len() as i64;
+    eventually(Duration::from_secs(60), || async {
+        (receiver.delivered().last() == Some(&head)).then_some(())
+    })
+    .await;
+    // A graceful shutdown finishes or abandons its delivery in flight: at most one repeat
+    // per restart.
+    assert_every_event_in_order(&receiver.received(), head, 3);
+    let leaders = {
+        let mut n = 0;
+        for i in &instances {
+            n += usize::from(leads(&i.client()).await);
+        }
+        n
+    };
+    assert_eq!(leaders, 1, "one leader after the restarts");
 }

@@ -125,6 +125,20 @@ impl ServiceProcess {
         assert!(ok, "kill -{signal} {}", self.pid());
     }
 
+    /// SIGTERM, then waits for the process to exit (a graceful shutdown), SIGKILL after
+    /// `within`.
+    pub fn terminate(&mut self, within: Duration) {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the service did not shut down within {within:?} of SIGTERM");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -136,6 +150,7 @@ impl Drop for ServiceProcess {
         // Continued first, so a test failing while it is stopped leaves nothing stopped.
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         self.kill();
     }

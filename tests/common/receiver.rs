@@ -171,3 +171,33 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     inner.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
 }
+
+/// What at-least-once in order means for one receiver that got `got` of a log whose head
+/// is `head`: every position 1..=head answered, arrivals never go back except to repeat,
+/// at most `repeats` repeated, and a repeat keeps its `webhook-id`.
+pub fn assert_every_event_in_order(got: &[Received], head: i64, repeats: usize) {
+    let delivered: Vec<&Received> = got
+        .iter()
+        .filter(|g| (200..300).contains(&g.answered))
+        .collect();
+    let positions: Vec<i64> = delivered.iter().map(|g| g.position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {positions:?}"
+    );
+    let mut distinct = positions.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (1..=head).collect::<Vec<_>>(),
+        "every event, no gap"
+    );
+    let twice = positions.len() - distinct.len();
+    assert!(twice <= repeats, "at most {repeats} repeated; {twice} were");
+    for w in delivered
+        .windows(2)
+        .filter(|w| w[0].position == w[1].position)
+    {
+        assert_eq!(w[0].id, w[1].id, "a redelivery keeps its webhook-id");
+    }
+}
