@@ -112,7 +112,6 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
             zmq: cfg.bitcoind_zmq,
             catchup_max_events: cfg.catchup_max_events as usize,
             leader_lease: std::time::Duration::from_millis(cfg.leader_lease_ms),
-            instance_id: instance_id.clone(),
         },
         status.clone(),
     );

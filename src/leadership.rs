@@ -97,6 +97,27 @@ impl Lease {
         }))
     }
 
+    /// Tries [`Lease::acquire`] every `every` until it succeeds, or `None` at shutdown.
+    pub async fn wait(
+        pool: &PgPool,
+        holder: &str,
+        length: Duration,
+        every: Duration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Lease> {
+        loop {
+            match Lease::acquire(pool, holder, length).await {
+                Ok(Some(lease)) => return Some(lease),
+                Ok(None) => tracing::debug!("another instance is the chain leader"),
+                Err(e) => tracing::warn!(error = %e, "failed to try the chain leader lease"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return None,
+            }
+        }
+    }
+
     pub fn fence(&self) -> Arc<Fence> {
         self.fence.clone()
     }

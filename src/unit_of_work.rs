@@ -100,6 +100,18 @@ pub enum RecordError {
     Fenced(i64),
 }
 
+impl RecordError {
+    /// True if `e` holds an append refused because the leader lease was lost.
+    pub fn fenced(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<RecordError>(),
+                Some(RecordError::Fenced(_))
+            )
+        })
+    }
+}
+
 impl From<AppendError> for RecordError {
     fn from(e: AppendError) -> Self {
         match e {

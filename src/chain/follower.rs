@@ -16,8 +16,8 @@
 //! another instance took over, this one's appends fail and it steps down.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +30,8 @@ use super::catchup::{self, Prefetch};
 use super::mempool::{MempoolContext, MempoolWatcher};
 use super::node::Node;
 use super::watches::Watches;
-use super::zmq::{self, Push, ZmqMode, ZmqStatus};
+use super::zmq::{self, Push, ZmqMode};
+use super::FollowerStatus;
 use crate::domain::fork::{fork_point, Fork};
 use crate::domain::ledger::BlockRef;
 use crate::leadership::Lease;
@@ -60,22 +61,6 @@ macro_rules! mempool_context {
 /// Transactions pushed over ZMQ handled together (one observation when they matter).
 const PUSHED_BATCH: usize = 1000;
 
-/// What the HTTP status route reports about the follower.
-#[derive(Debug, Default)]
-pub struct FollowerStatus {
-    /// This instance's name in the leader lease.
-    pub instance_id: String,
-    pub leader: AtomicBool,
-    /// The lease epoch this instance leads with; 0 when it does not lead.
-    pub leader_epoch: AtomicI64,
-    /// -1 until known.
-    pub node_tip: AtomicI64,
-    /// The lowest height the node still has blocks of (0 unpruned); -1 until known.
-    pub prune_height: AtomicI64,
-    pub last_error: Mutex<Option<String>>,
-    pub zmq: Arc<ZmqStatus>,
-}
-
 #[derive(Clone, Debug)]
 pub struct FollowerConfig {
     pub final_confirmations: u32,
@@ -88,8 +73,6 @@ pub struct FollowerConfig {
     pub catchup_max_events: usize,
     /// LEADER_LEASE_MS: how long the leader lease lasts unrenewed.
     pub leader_lease: Duration,
-    /// This instance's name in the lease (`chain_leader.holder`).
-    pub instance_id: String,
 }
 
 pub struct Follower {
@@ -183,7 +166,7 @@ impl Follower {
             round.as_ref().err().map(|e| format!("{e:#}"));
         match round {
             Ok(()) => false,
-            Err(e) if fenced(&e) => {
+            Err(e) if RecordError::fenced(&e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "an append was fenced off: not the leader any more"
@@ -250,28 +233,23 @@ impl Follower {
         Ok(())
     }
 
-    /// Waits for the leader lease: tries every quarter of its length (or every poll, if
-    /// sooner), so a dead leader's successor follows within the lease plus a quarter.
+    /// Waits for the leader lease ([`Lease::wait`]), then says so.
     async fn become_leader(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Lease> {
         let every = self.cfg.poll_interval.min(self.cfg.leader_lease / 4);
-        loop {
-            match Lease::acquire(self.pool(), &self.cfg.instance_id, self.cfg.leader_lease).await {
-                Ok(Some(lease)) => {
-                    let epoch = lease.fence().epoch;
-                    tracing::info!(epoch, instance = %self.cfg.instance_id, "chain leader: following the node");
-                    self.status.leader.store(true, Ordering::Relaxed);
-                    self.status.leader_epoch.store(epoch, Ordering::Relaxed);
-                    metrics::record_leader(true, epoch);
-                    return Some(lease);
-                }
-                Ok(None) => tracing::debug!("another instance is the chain leader"),
-                Err(e) => tracing::warn!(error = %e, "failed to try the chain leader lease"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => return None,
-            }
-        }
+        let lease = Lease::wait(
+            self.pool(),
+            &self.status.instance_id,
+            self.cfg.leader_lease,
+            every,
+            shutdown,
+        )
+        .await?;
+        let epoch = lease.fence().epoch;
+        tracing::info!(epoch, instance = %self.status.instance_id, "chain leader: following the node");
+        self.status.leader.store(true, Ordering::Relaxed);
+        self.status.leader_epoch.store(epoch, Ordering::Relaxed);
+        metrics::record_leader(true, epoch);
+        Some(lease)
     }
 
     async fn round(&mut self) -> anyhow::Result<()> {
@@ -495,16 +473,6 @@ impl Follower {
         };
         Ok(())
     }
-}
-
-/// True if `e` is an append refused because the leader lease was lost.
-fn fenced(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<RecordError>(),
-            Some(RecordError::Fenced(_))
-        )
-    })
 }
 
 /// Records a block observation.

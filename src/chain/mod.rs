@@ -17,5 +17,24 @@ pub mod rescan;
 pub mod watches;
 pub mod zmq;
 
-pub use follower::{Follower, FollowerStatus};
+pub use follower::Follower;
 pub use node::Node;
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex};
+
+/// What the HTTP status route reports about the follower.
+#[derive(Debug, Default)]
+pub struct FollowerStatus {
+    /// This instance's name in the leader lease.
+    pub instance_id: String,
+    pub leader: AtomicBool,
+    /// The lease epoch this instance leads with; 0 when it does not lead.
+    pub leader_epoch: AtomicI64,
+    /// -1 until known.
+    pub node_tip: AtomicI64,
+    /// The lowest height the node still has blocks of (0 unpruned); -1 until known.
+    pub prune_height: AtomicI64,
+    pub last_error: Mutex<Option<String>>,
+    pub zmq: Arc<zmq::ZmqStatus>,
+}
