@@ -132,6 +132,7 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
     let dispatcher = Dispatcher::new(pool.clone(), log.clone(), delivery.clone(), wake.clone())
         .context("failed to set up webhook delivery")?;
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
+    let gauges_task = tokio::spawn(crate::gauges::run(pool.clone(), stopped.clone()));
 
     let api_token = cfg.api_token.clone().unwrap_or_default();
     let bitcart_password = cfg.bitcart_password.as_deref().unwrap_or(&api_token);
@@ -175,7 +176,13 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         stop,
-        tasks: vec![follower_task, rescan_task, dispatcher_task, server],
+        tasks: vec![
+            follower_task,
+            rescan_task,
+            dispatcher_task,
+            gauges_task,
+            server,
+        ],
     })
 }
 

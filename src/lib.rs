@@ -46,6 +46,7 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod domain;
+pub mod gauges;
 pub mod http;
 pub mod leadership;
 pub mod metrics;

@@ -176,3 +176,8 @@ pub fn render() -> String {
         .expect("text encoding cannot fail");
     String::from_utf8(out).expect("prometheus text is utf-8")
 }
+
+/// The registry `/metrics` renders, for metrics defined elsewhere ([`crate::gauges`]).
+pub(crate) fn registry() -> &'static Registry {
+    &METRICS.registry
+}
