@@ -3,6 +3,7 @@
 //! recorded by the unit of work (events and projections in one transaction); queries read
 //! the projections.
 
+mod account_list;
 mod accounts;
 mod addresses;
 mod audit;
@@ -19,6 +20,7 @@ mod status;
 mod stream;
 mod subscribers;
 mod text;
+mod ui;
 mod withdrawals;
 
 use std::sync::Arc;
@@ -92,8 +94,13 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/ws", "get"),
     ("/bitcart/spec", "get"),
     ("/spec", "get"),
+    ("/ui", "get"),
+    ("/ui/", "get"),
+    ("/ui/app.js", "get"),
+    ("/ui/app.css", "get"),
     ("/v1/status", "get"),
     ("/v1/accounts", "post"),
+    ("/v1/accounts", "get"),
     ("/v1/accounts/{id}", "get"),
     ("/v1/accounts/{id}/balance", "get"),
     ("/v1/accounts/{id}/addresses", "post"),
@@ -134,7 +141,10 @@ pub fn router(state: AppState) -> Router {
     });
     let v1 = Router::new()
         .route("/status", get(status::status))
-        .route("/accounts", post(accounts::create_account))
+        .route(
+            "/accounts",
+            post(accounts::create_account).get(account_list::list),
+        )
         .route("/accounts/{id}", get(accounts::get_account))
         .route("/accounts/{id}/balance", get(accounts::balance))
         .route("/accounts/{id}/addresses", post(addresses::add_address))
@@ -178,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi::spec))
+        .merge(ui::routes())
         .nest("/v1", v1)
         // The Bitcart-daemon-compatible endpoint has its own (Basic) auth, so it stays
         // outside /v1. The SDK asks for /ws and /spec at the root whatever its URL's path.

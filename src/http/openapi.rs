@@ -15,8 +15,8 @@ use utoipa::openapi::{OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    accounts, addresses, audit, bitcart, deposits, events, ipn, status, stream, subscribers,
-    withdrawals,
+    account_list, accounts, addresses, audit, bitcart, deposits, events, ipn, status, stream,
+    subscribers, ui, withdrawals,
 };
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use super::{
         spec,
         status::status,
         accounts::create_account,
+        account_list::list,
         accounts::get_account,
         accounts::balance,
         addresses::add_address,
@@ -52,6 +53,9 @@ use super::{
         bitcart::rpc,
         bitcart::spec,
         bitcart::ws::ws,
+        ui::index,
+        ui::script,
+        ui::style,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth, &Aliases, &SharedAnswers)
@@ -122,6 +126,7 @@ impl Modify for Aliases {
             ("/bitcart/", "/bitcart"),
             ("/ws", "/bitcart/ws"),
             ("/spec", "/bitcart/spec"),
+            ("/ui/", "/ui"),
         ] {
             if let Some(item) = paths.get(of).cloned() {
                 let mut item: PathItem = item;
