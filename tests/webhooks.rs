@@ -491,3 +491,89 @@ async fn deliveries_survive_every_database_connection_being_killed() {
     caught_up(&svc, &id, head).await;
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_old_one_until_the_old_one_expires() {
+    let (_node, svc) = node_and_service().await;
+    let r = Receiver::start().await;
+    let (id, first) = svc.subscribe(&r.url, json!({})).await;
+    let last_delivery = |position: i64| {
+        let r = &r;
+        async move {
+            eventually(Duration::from_secs(20), || async {
+                r.received()
+                    .into_iter()
+                    .rev()
+                    .find(|g| g.position == position && g.answered == 200)
+            })
+            .await
+        }
+    };
+    let head = svc.make_events(1).await;
+    let got = last_delivery(head).await;
+    assert!(!got.signature.contains(' '), "one secret, one signature");
+    caught_up(&svc, &id, head).await;
+
+    // Rotated, the old one kept for an hour: every delivery carries both signatures, and
+    // the reference verifier accepts it with either secret.
+    let (status, rotated) = svc
+        .post(
+            &format!("/v1/subscribers/{id}/rotate-secret"),
+            json!({"keep_old_for_secs": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    let head = svc.make_events(1).await;
+    let got = last_delivery(head).await;
+    assert_eq!(got.signature.split(' ').count(), 2, "{}", got.signature);
+    for secret in [&first, &second] {
+        python_verify(secret, &got.id, &got.timestamp, &got.signature, &got.body)
+            .expect("either secret verifies during the overlap");
+    }
+    assert!(
+        subscriber(&svc, &id).await.get("secret").is_none(),
+        "the new secret is shown once"
+    );
+    caught_up(&svc, &id, head).await;
+
+    // Rotated again without overlap: only the newest signs; the previous one fails.
+    let (status, rotated) = svc
+        .post(
+            &format!("/v1/subscribers/{id}/rotate-secret"),
+            json!({"keep_old_for_secs": 0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated["previous_secret_expires_at"].is_null());
+    let third = rotated["secret"].as_str().unwrap().to_string();
+    let head = svc.make_events(1).await;
+    let got = last_delivery(head).await;
+    assert!(!got.signature.contains(' '), "{}", got.signature);
+    python_verify(&third, &got.id, &got.timestamp, &got.signature, &got.body)
+        .expect("the newest secret verifies");
+    python_verify(&second, &got.id, &got.timestamp, &got.signature, &got.body)
+        .expect_err("the replaced secret no longer does");
+
+    // Bad input names the field; an unknown subscriber is a 404.
+    let (status, body) = svc
+        .post(
+            &format!("/v1/subscribers/{id}/rotate-secret"),
+            json!({"keep_old_for_secs": 10_000_000}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("keep_old_for_secs"));
+    let (status, _) = svc
+        .post(
+            &format!("/v1/subscribers/{}/rotate-secret", uuid::Uuid::new_v4()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

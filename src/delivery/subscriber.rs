@@ -49,13 +49,24 @@ pub struct Subscriber {
     pub account_id: Option<Uuid>,
     /// Signs Standard Webhooks; an IPN subscriber's `ipn_auth`.
     pub(super) secret: String,
+    /// The secret before the last rotation, while it is still valid: deliveries are signed
+    /// with both.
+    pub(super) previous_secret: Option<String>,
 }
 
 impl Subscriber {
     pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<Subscriber>, sqlx::Error> {
         let row = sqlx::query!(
-            "SELECT url, command, format, address, max_confirms, types, account_id, secret
-             FROM subscribers WHERE subscriber_id = $1",
+            r#"SELECT s.url, s.command, s.format, s.address, s.max_confirms, s.types,
+                      s.account_id, COALESCE(r.secret, s.secret) AS "secret!",
+                      CASE WHEN r.previous_valid_until > now() THEN r.previous_secret END
+                        AS previous_secret
+               FROM subscribers s
+               LEFT JOIN LATERAL (
+                   SELECT secret, previous_secret, previous_valid_until FROM subscriber_secrets x
+                   WHERE x.subscriber_id = s.subscriber_id ORDER BY rotation DESC LIMIT 1
+               ) r ON true
+               WHERE s.subscriber_id = $1"#,
             id
         )
         .fetch_optional(pool)
@@ -77,6 +88,7 @@ impl Subscriber {
             types: r.types,
             account_id: r.account_id,
             secret: r.secret,
+            previous_secret: r.previous_secret,
         }))
     }
 

@@ -128,7 +128,14 @@ impl Transport {
         if message.signed {
             let msg_id = event.id.to_string();
             let now = Utc::now().timestamp();
-            let signature = sign::sign(&sub.secret, &msg_id, now, message.body.as_bytes());
+            let body = message.body.as_bytes();
+            let mut signature = sign::sign(&sub.secret, &msg_id, now, body);
+            if let Some(previous) = &sub.previous_secret {
+                // Standard Webhooks: several signatures, space-separated; a receiver
+                // accepts the delivery if any verifies with its secret.
+                signature.push(' ');
+                signature.push_str(&sign::sign(previous, &msg_id, now, body));
+            }
             request = request
                 .header("webhook-id", msg_id)
                 .header("webhook-timestamp", now.to_string())

@@ -118,6 +118,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/v1/subscribers/{id}", "delete"),
     ("/v1/subscribers/{id}/replay", "post"),
     ("/v1/subscribers/{id}/enable", "post"),
+    ("/v1/subscribers/{id}/rotate-secret", "post"),
     ("/v1/subscribers/{id}/deliveries", "get"),
 ];
 
@@ -169,6 +170,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/subscribers/{id}/replay", post(subscribers::replay))
         .route("/subscribers/{id}/enable", post(subscribers::enable))
+        .route(
+            "/subscribers/{id}/rotate-secret",
+            post(subscribers::rotate_secret),
+        )
         .route("/subscribers/{id}/deliveries", get(subscribers::deliveries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // The Crypto IPN service's routes, at the paths its clients use.

@@ -44,6 +44,7 @@ use super::{
         subscribers::get_one,
         subscribers::replay,
         subscribers::enable,
+        subscribers::rotate_secret,
         subscribers::delete,
         subscribers::deliveries,
         audit::export,

@@ -19,8 +19,10 @@ use crate::projections::cursors::{self, Entry};
 use crate::store;
 
 mod create;
+mod rotate;
 pub(super) use create::__path_create;
 pub use create::{create, create_subscriber, NewSubscriber, Start};
+pub(super) use rotate::{__path_rotate_secret, rotate_secret};
 
 #[derive(Serialize, ToSchema)]
 pub struct SubscriberView {
