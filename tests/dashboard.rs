@@ -254,6 +254,9 @@ async fn the_dashboard_shows_live_data_refuses_a_wrong_token_and_acts_on_the_ser
     })
     .await;
     page.eval("window.confirm = () => true, true").await;
+    page.eval(&click("rotate")).await;
+    page.until("document.getElementById('subscriber-message').textContent.startsWith('new secret (shown once): whsec_')")
+        .await;
     page.eval(&click("delete")).await;
     eventually(Duration::from_secs(10), || async {
         let (_, list) = svc.get("/v1/subscribers").await;

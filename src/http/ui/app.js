@@ -205,6 +205,15 @@ document.addEventListener("DOMContentLoaded", () => {
     if (state.log) { stopLog(); $("log-pause").textContent = "Resume"; $("log-state").textContent = "paused"; } else startLog();
   });
   $("replay").addEventListener("click", () => subscriberAction("replay", "POST", `/v1/subscribers/${state.subscriber}/replay`, { from_position: Number($("replay-from").value) }));
+  $("rotate").addEventListener("click", async () => {
+    if (!confirm("Rotate the signing secret? The old one keeps signing beside the new one for a day.")) return;
+    try {
+      const r = await api("POST", `/v1/subscribers/${state.subscriber}/rotate-secret`, { keep_old_for_secs: 86400 });
+      $("subscriber-message").textContent = `new secret (shown once): ${r.secret} — the old one also signs until ${when(r.previous_secret_expires_at)}`;
+    } catch (e) {
+      $("subscriber-message").textContent = "rotate: " + e.message;
+    }
+  });
   $("enable").addEventListener("click", () => subscriberAction("enable", "POST", `/v1/subscribers/${state.subscriber}/enable`));
   $("delete").addEventListener("click", () => {
     if (confirm("Delete this subscriber? Its deliveries stop for good.")) {
