@@ -8,7 +8,8 @@
 //! reached N (waiting up to [`MIN_POSITION_WAIT`]), else by the primary. Subscribers'
 //! settings and cursors are not in the log, so a replica's head cannot tell whether it has
 //! them: those routes, given the header, read the primary. Every replica-served response
-//! carries `chainledger-as-of-position`: the head of the server that answered, at least.
+//! carries `chainledger-as-of-position` (the head of the server chosen, at least) and
+//! `chainledger-read-from` (`replica` or `primary`).
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -24,6 +25,8 @@ pub use crate::store::replica::{Source, MIN_POSITION_WAIT};
 pub const MIN_POSITION: &str = "chainledger-min-position";
 pub const POSITION: &str = "chainledger-position";
 pub const AS_OF_POSITION: &str = "chainledger-as-of-position";
+/// `replica` or `primary`: which server a replica-served route was sent to.
+pub const READ_FROM: &str = "chainledger-read-from";
 
 /// What a route shows, for the read-your-writes rule.
 #[derive(Clone, Copy)]
@@ -51,10 +54,16 @@ pub async fn choose(
         (Some(_), Shows::NotLogged) => s.read_pool.primary(),
     };
     let as_of = source.known_head();
+    let from = if source.from_replica() {
+        "replica"
+    } else {
+        "primary"
+    };
     req.extensions_mut().insert(Reader(source));
     let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert(AS_OF_POSITION, HeaderValue::from(as_of.0));
+    let headers = resp.headers_mut();
+    headers.insert(AS_OF_POSITION, HeaderValue::from(as_of.0));
+    headers.insert(READ_FROM, HeaderValue::from_static(from));
     resp
 }
 
