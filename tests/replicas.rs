@@ -46,10 +46,13 @@ async fn replicated(node: &Node) -> Replicated {
     let svc = process.client();
     wait_healthy(&svc).await;
     svc.synced_to(node.height()).await;
-    // The replica is used once its watcher found it answering with the primary's log.
+    // The replica is used once its watcher found it answering with the primary's log; the
+    // tests start once it has replayed everything so far (the schema included).
     eventually(Duration::from_secs(30), || async {
         let (_, s) = svc.get("/v1/status").await;
-        (s["replica"]["up"] == true).then_some(())
+        let caught_up =
+            s["last_position"].as_i64() > Some(0) && s["replica"]["head"] == s["last_position"];
+        (s["replica"]["up"] == true && caught_up).then_some(())
     })
     .await;
     Replicated {
