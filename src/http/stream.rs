@@ -156,6 +156,10 @@ pub async fn stream(
                 }
                 Ok((head, _)) => {
                     t.cursor = t.cursor.max(head);
+                    if !t.source.from_replica() {
+                        // Back to the replica once it answers again (after a fail-over).
+                        t.source = t.s.read_pool.current();
+                    }
                     let mut shutdown = t.s.shutdown.clone();
                     tokio::select! {
                         // The server read here passing the cursor (a replica trails the NOTIFY).
