@@ -245,35 +245,24 @@ struct Watcher {
 /// lag gauge each time.
 async fn watch_replica(w: Watcher, mut stop: watch::Receiver<bool>) {
     let mut primary_head = w.log.receiver();
-    // Whether the replica's log was checked against the primary's since it came up.
+    // The primary's WAL once this instance migrated it: the replica is not read before it
+    // has replayed that far, so every table and column this version reads is there.
+    let schema: Option<String> = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&w.primary)
+        .await
+        .ok();
+    // Whether the replica was checked against the primary since it came up.
     let mut checked = false;
     loop {
         let target = *primary_head.borrow_and_update();
-        let found = match tokio::time::timeout(PROBE_TIMEOUT, replica_head(&w, checked)).await {
-            Ok(found) => found,
-            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-        };
-        let was_up = w.tx.borrow().up;
-        let pause = match found {
-            Ok((head, hash)) => {
-                if !checked {
-                    checked = true;
-                    if let Err(problem) = same_log(&w.primary, head, hash).await {
-                        tracing::error!(%problem, "DATABASE_READ_URL is not a replica of DATABASE_URL; reading from the primary");
-                        w.tx.send_replace(Seen {
-                            head,
-                            up: false,
-                            problem: Some(problem),
-                        });
-                        checked = false;
-                        wait(&w, &mut stop, IDLE_POLL, None).await;
-                        if *stop.borrow() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                if !was_up {
+        let probed = tokio::time::timeout(PROBE_TIMEOUT, probe(&w, checked, schema.as_deref()))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+        let before = w.tx.borrow().clone();
+        let pause = match probed {
+            Ok(head) => {
+                checked = true;
+                if !before.up {
                     tracing::info!(
                         head = head.0,
                         "the read replica answers; serving reads from it"
@@ -292,10 +281,10 @@ async fn watch_replica(w: Watcher, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(problem) => {
-                if was_up || w.tx.borrow().problem.is_none() {
-                    tracing::warn!(%problem, "the read replica does not answer; reading from the primary");
-                }
                 checked = false;
+                if before.up || before.problem.as_ref() != Some(&problem) {
+                    tracing::warn!(%problem, "the read replica is not used; reading from the primary");
+                }
                 w.tx.send_modify(|s| {
                     s.up = false;
                     s.problem = Some(problem);
@@ -310,6 +299,36 @@ async fn watch_replica(w: Watcher, mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// The replica's head; unless `checked`, also that it may be read: it has replayed the
+/// WAL up to `schema` and its log is the primary's.
+async fn probe(w: &Watcher, checked: bool, schema: Option<&str>) -> Result<Position, String> {
+    let text = |e: sqlx::Error| crate::redact::redact(&e.to_string());
+    if checked {
+        return super::head(&w.replica).await.map_err(text);
+    }
+    if let Some(lsn) = schema {
+        // NULL on a server that is not a standby: nothing to wait for.
+        let replayed: bool =
+            sqlx::query_scalar("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, true)")
+                .bind(lsn)
+                .fetch_one(&w.replica)
+                .await
+                .map_err(text)?;
+        if !replayed {
+            return Err(format!(
+                "it has not replayed the primary's WAL up to {lsn} (this instance's migrations) yet"
+            ));
+        }
+    }
+    let row = sqlx::query!("SELECT position, hash FROM log_head")
+        .fetch_one(&w.replica)
+        .await
+        .map_err(text)?;
+    let head = Position(row.position);
+    same_log(&w.primary, head, row.hash).await?;
+    Ok(head)
 }
 
 /// Sleeps `pause`, or less: a probe asked for, an append heard (when given), or `stop`.
@@ -333,21 +352,6 @@ async fn wait(
         _ = appended => {}
         _ = stop.wait_for(|s| *s) => {}
     }
-}
-
-/// The replica's head, and its hash when `checked` is false (to compare with the
-/// primary's log).
-async fn replica_head(w: &Watcher, checked: bool) -> Result<(Position, Vec<u8>), String> {
-    let text = |e: sqlx::Error| crate::redact::redact(&e.to_string());
-    if checked {
-        let head = super::head(&w.replica).await.map_err(text)?;
-        return Ok((head, Vec::new()));
-    }
-    let row = sqlx::query!("SELECT position, hash FROM log_head")
-        .fetch_one(&w.replica)
-        .await
-        .map_err(text)?;
-    Ok((Position(row.position), row.hash))
 }
 
 /// The replica's log ends with the primary's event at that position: a URL naming another
