@@ -53,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The tail over HTTP, pages of 1000. The node is never called by this route.
     let never_stop = tokio::sync::watch::Sender::new(false);
+    let log = LogWatch::start(pool.clone()).await?;
     let state = AppState {
+        read_pool: chainledger::store::replica::ReadPool::primary_only(pool.clone(), log.clone()),
         pool: pool.clone(),
         unit_of_work: UnitOfWork::new(pool.clone(), bitcoin::Network::Regtest),
         node: Node::connect(
@@ -64,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         api_token: Arc::from("bench-token-0123456789"),
         credit_confirmations: 3,
         final_confirmations: 15,
-        log: LogWatch::start(pool.clone()).await?,
+        log,
         follower: Arc::new(FollowerStatus::default()),
         zmq_mode: chainledger::chain::zmq::ZmqMode::Off,
         webhook_guard: Arc::default(),

@@ -19,6 +19,7 @@ use crate::delivery::Dispatcher;
 use crate::http::{self, AppState};
 use crate::redact::redact;
 use crate::store::notify::LogWatch;
+use crate::store::replica::ReadPool;
 use crate::unit_of_work::UnitOfWork;
 
 /// A started service; dropping it does not stop it, [`Running::shutdown`] does.
@@ -136,7 +137,17 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
 
     let api_token = cfg.api_token.clone().unwrap_or_default();
     let bitcart_password = cfg.bitcart_password.as_deref().unwrap_or(&api_token);
+    let read_pool = match &cfg.database_read_url {
+        None => ReadPool::primary_only(pool.clone(), log.clone()),
+        Some(url) => ReadPool::with_replica(
+            pool.clone(),
+            log.clone(),
+            db::connect_replica(url, cfg.database_pool_size())?,
+            stopped.clone(),
+        ),
+    };
     let state = AppState {
+        read_pool,
         bitcart_auth: Arc::new(http::BasicAuth::new(&cfg.bitcart_user, bitcart_password)),
         pool,
         unit_of_work,

@@ -269,6 +269,11 @@ pub struct Config {
     /// answered 503. Default: a quarter of HTTP_MAX_CONNECTIONS.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections_per_ip: Option<u32>,
+    /// A streaming replica of DATABASE_URL (`pg_basebackup -R`) that serves the reads: the
+    /// tail, SSE, audit export, balances, deposits, subscribers' lists, Bitcart and IPN.
+    /// Unset: everything on the primary. README "Read replicas".
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
 }
 
 fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
@@ -398,6 +403,15 @@ impl Config {
             ));
         }
         self.webhook_proxy_url()?;
+        if let Some(url) = &self.database_read_url {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|e| {
+                    format!(
+                        "DATABASE_READ_URL {} is not a PostgreSQL URL: {e}",
+                        redact_url(url)
+                    )
+                })?;
+        }
         if self.bitcoind_rpc_cookie.is_none()
             && (self.bitcoind_rpc_user.is_none() || self.bitcoind_rpc_password.is_none())
         {
@@ -457,6 +471,10 @@ impl fmt::Debug for Config {
             .field(
                 "http_max_connections_per_ip",
                 &self.http_max_connections_per_ip,
+            )
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_deref().map(redact_url),
             )
             .finish()
     }

@@ -64,6 +64,26 @@ pub async fn connect(args: &DatabaseArgs, max_connections: u32) -> anyhow::Resul
     ))
 }
 
+/// How long a read waits for a connection of the replica's pool before the replica counts
+/// as down and the read goes to the primary (README "Read replicas").
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The pool of DATABASE_READ_URL, a streaming replica. Lazy: the service starts while the
+/// replica is down (its reads go to the primary until it answers, see
+/// [`crate::store::replica`]), and a connection that fails is given up on quickly.
+pub fn connect_replica(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = url.parse::<PgConnectOptions>().map_err(|e| {
+        anyhow::anyhow!(
+            "DATABASE_READ_URL {} is not a PostgreSQL URL: {e}",
+            redact_url(url)
+        )
+    })?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options.options(KEEPALIVES)))
+}
+
 /// Applies pending migrations and creates missing projection tables.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR

@@ -23,6 +23,7 @@ struct Metrics {
     leader: IntGauge,
     leader_epoch: IntGauge,
     zmq_gaps: IntCounter,
+    replica_lag: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -114,7 +115,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "chainledger_zmq_gaps_total",
         "ZMQ messages found missing (counters that skipped, reconnects, a full queue)",
     );
+    let replica_lag = gauge(
+        "chainledger_replica_lag_positions",
+        "Positions the read replica (DATABASE_READ_URL) trails the primary's head by, polled in the background",
+    );
     Metrics {
+        replica_lag,
         registry,
         zmq_mode,
         zmq_connected,
@@ -167,6 +173,10 @@ pub fn record_zmq_connected(up: bool) {
 
 pub fn record_zmq_gap() {
     METRICS.zmq_gaps.inc();
+}
+
+pub fn record_replica_lag(positions: i64) {
+    METRICS.replica_lag.set(positions);
 }
 
 pub fn render() -> String {

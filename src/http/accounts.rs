@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Json, Path};
+use super::reads::Reader;
 use super::AppState;
 use crate::domain::account;
 use crate::domain::amount::signed_btc_string;
@@ -185,10 +186,10 @@ pub(super) fn address_taken(e: RecordError) -> ApiError {
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = Uuid, Path)),
     responses((status = 200, body = AccountWithAddresses), (status = 404)), security(("bearer" = [])))]
 pub async fn get_account(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<AccountWithAddresses>, ApiError> {
-    let mut conn = s.pool.acquire().await?;
+    let mut conn = read.pool().acquire().await?;
     let a = find_account(&mut conn, id).await?;
     let addresses = sqlx::query_scalar!(
         "SELECT address FROM addresses WHERE account_id = $1 ORDER BY position",
@@ -225,10 +226,10 @@ pub struct Balance {
 #[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts", params(("id" = Uuid, Path)),
     responses((status = 200, body = Balance), (status = 404)), security(("bearer" = [])))]
 pub async fn balance(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Balance>, ApiError> {
-    let mut tx = s.pool.begin().await?;
+    let mut tx = read.pool().begin().await?;
     find_account(&mut tx, id).await?;
     let row = sqlx::query!(
         "SELECT credited_sats, pending_sats, unconfirmed_sats FROM balances WHERE account_id = $1",

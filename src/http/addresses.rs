@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::accounts::{address_taken, find_account};
 use super::error::ApiError;
 use super::extract::{Json, Path};
+use super::reads::Reader;
 use super::AppState;
 use crate::domain::account::{Account, HandOutError};
 use crate::domain::descriptor::Derived;
@@ -359,9 +360,10 @@ pub struct DerivedAddress {
     responses((status = 200, body = DerivedAddress), (status = 404), (status = 422)), security(("bearer" = [])))]
 pub async fn derived_address(
     State(s): State<AppState>,
+    Reader(read): Reader,
     Path((id, index)): Path<(Uuid, u32)>,
 ) -> Result<axum::Json<DerivedAddress>, ApiError> {
-    let mut conn = s.pool.acquire().await?;
+    let mut conn = read.pool().acquire().await?;
     let account = stored_account(&s, &find_account(&mut conn, id).await?, id)?;
     let descriptor = account.descriptor.as_ref().ok_or_else(not_derived)?;
     let d = descriptor
@@ -407,10 +409,11 @@ pub struct AddressTotals {
     responses((status = 200, body = AddressTotals), (status = 400), (status = 404)), security(("bearer" = [])))]
 pub async fn address_totals(
     State(s): State<AppState>,
+    Reader(read): Reader,
     Path(address): Path<String>,
 ) -> Result<axum::Json<AddressTotals>, ApiError> {
     let address = parse_address(&s, &address)?.as_string();
-    let sums = address_sums(&s, &address).await?;
+    let sums = address_sums(read.pool(), &address).await?;
     let (c, u, k) = (sums.confirmed, sums.unconfirmed, sums.credited);
     Ok(axum::Json(AddressTotals {
         address,
@@ -438,7 +441,10 @@ pub(super) struct AddressSums {
 }
 
 /// [`AddressSums`] of a watched address; 404 `address_not_found` for another.
-pub(super) async fn address_sums(s: &AppState, address: &str) -> Result<AddressSums, ApiError> {
+pub(super) async fn address_sums(
+    pool: &sqlx::PgPool,
+    address: &str,
+) -> Result<AddressSums, ApiError> {
     let row = sqlx::query!(
         r#"SELECT a.account_id,
                   coalesce(sum(d.amount_sats) FILTER (WHERE d.confirmations >= 1), 0)::bigint AS "confirmed!",
@@ -450,7 +456,7 @@ pub(super) async fn address_sums(s: &AppState, address: &str) -> Result<AddressS
            GROUP BY a.account_id"#,
         address
     )
-    .fetch_optional(&s.pool)
+    .fetch_optional(pool)
     .await?
     .ok_or_else(|| ApiError::not_found("address_not_found", format!("{address} is not watched")))?;
     Ok(AddressSums {

@@ -10,8 +10,10 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::extract::Query;
+use super::reads::Reader;
 use super::AppState;
 use crate::audit::{self, Format};
+use crate::domain::stream::Position;
 use crate::store;
 
 #[derive(Deserialize, IntoParams)]
@@ -34,6 +36,7 @@ pub struct ExportQuery {
     security(("bearer" = [])))]
 pub async fn export(
     State(s): State<AppState>,
+    Reader(mut read): Reader,
     Query(q): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let format = q.format.unwrap_or(Format::Jsonl);
@@ -51,11 +54,18 @@ pub async fn export(
                 "to: must not be below from",
             ))
         }
-        Some(t) => t,
-        None => store::head(&s.pool).await?.0,
+        Some(t) => {
+            // A replica that has not reached `to` yet would end the export short of it.
+            if t > read.known_head().0 {
+                read = s.read_pool.reaching(Position(t)).await;
+            }
+            t
+        }
+        None => store::head(read.pool()).await?.0,
     };
+    let pool = read.pool().clone();
     let export = audit::Export::new(format, from, to);
-    let body = futures::stream::unfold(Some((export, s.pool)), |state| async move {
+    let body = futures::stream::unfold(Some((export, pool)), |state| async move {
         let (mut export, pool) = state?;
         match export.next_chunk(&pool).await {
             Ok(Some(chunk)) => Some((Ok(Bytes::from(chunk)), Some((export, pool)))),

@@ -1,13 +1,12 @@
 //! Deposit queries over the deposit projection.
 
-use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Path, Query};
-use super::AppState;
+use super::reads::Reader;
 use crate::domain::tracked::Deposit;
 use crate::projections::read;
 
@@ -58,7 +57,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/deposits", tag = "deposits", params(ListQuery),
     responses((status = 200, body = [DepositOut])), security(("bearer" = [])))]
 pub async fn list(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Vec<DepositOut>>, ApiError> {
     let limit = q.limit.unwrap_or(100);
@@ -68,7 +67,7 @@ pub async fn list(
             "limit: must be between 1 and 1000",
         ));
     }
-    let mut conn = s.pool.acquire().await?;
+    let mut conn = read.pool().acquire().await?;
     let deposits = read::deposits(&mut conn, q.account_id, q.address.as_deref(), limit).await?;
     Ok(axum::Json(
         deposits.into_iter().map(DepositOut::from).collect(),
@@ -79,7 +78,7 @@ pub async fn list(
     params(("txid" = String, Path), ("vout" = u32, Path)),
     responses((status = 200, body = DepositOut), (status = 400), (status = 404)), security(("bearer" = [])))]
 pub async fn get_one(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Path((txid, vout)): Path<(String, u32)>,
 ) -> Result<axum::Json<DepositOut>, ApiError> {
     let txid: bitcoin::Txid = Some(txid.to_ascii_lowercase())
@@ -89,7 +88,7 @@ pub async fn get_one(
             ApiError::bad_request("invalid_txid", "txid: must be 64 hexadecimal characters")
         })?;
     i32::try_from(vout).map_err(|_| ApiError::bad_request("invalid_vout", "vout: out of range"))?;
-    let mut conn = s.pool.acquire().await?;
+    let mut conn = read.pool().acquire().await?;
     let deposit = read::deposit(&mut conn, bitcoin::OutPoint::new(txid, vout))
         .await?
         .ok_or_else(|| {

@@ -8,9 +8,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::extract::Query;
+use super::reads::Reader;
 use super::AppState;
 use crate::domain::stream::Position;
-use crate::store::{self, StoredEvent};
+use crate::store::StoredEvent;
 
 pub const MAX_LIMIT: i64 = 1000;
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -39,12 +40,16 @@ pub struct Page {
     /// type filter matched nothing more.
     next_after: i64,
     has_more: bool,
+    /// The head of the server that answered (a replica's trails the primary's): every
+    /// event up to it was visible to this read.
+    as_of_position: i64,
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(TailQuery),
     responses((status = 200, body = Page), (status = 400)), security(("bearer" = [])))]
 pub async fn tail(
     State(s): State<AppState>,
+    Reader(mut source): Reader,
     Query(q): Query<TailQuery>,
 ) -> Result<axum::Json<Page>, ApiError> {
     let after = q.after.unwrap_or(0);
@@ -62,13 +67,15 @@ pub async fn tail(
             format!("wait: at most {MAX_WAIT_SECS} seconds"),
         ));
     }
-    let types = super::stream::read_from(&s, "after", after, q.types.as_deref()).await?;
+    let types = super::stream::read_from(&s, &source, "after", after, q.types.as_deref()).await?;
     let deadline = Instant::now() + Duration::from_secs(wait);
     let mut cursor = after;
     loop {
         // Every event at or below this head is visible to the read that follows.
-        let head = store::head(&s.pool).await?.0;
-        let events = store::read_after(&s.pool, Position(cursor), limit, types.as_deref()).await?;
+        let (head, events) = source
+            .page(Position(cursor), limit, types.as_deref())
+            .await?;
+        let head = head.0;
         let has_more = events.len() as i64 == limit;
         let last = events.last().map_or(cursor, |e| e.position.0);
         let next_after = if has_more { last } else { last.max(head) };
@@ -78,14 +85,16 @@ pub async fn tail(
                 events,
                 next_after,
                 has_more,
+                as_of_position: head,
             }));
         }
         cursor = next_after;
         let mut shutdown = s.shutdown.clone();
         tokio::select! {
-            _ = s.log.wait_past(Position(cursor), remaining) => {}
+            // The server read here passing the cursor (a replica trails the NOTIFY).
+            _ = source.wait_past(Position(cursor), remaining) => {}
             // At shutdown, answer now (empty page) rather than hold the server open.
-            _ = shutdown.wait_for(|s| *s) => return Ok(axum::Json(Page { events: Vec::new(), next_after, has_more: false })),
+            _ = shutdown.wait_for(|s| *s) => return Ok(axum::Json(Page { events: Vec::new(), next_after, has_more: false, as_of_position: head })),
         }
     }
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::reads::Reader;
 use super::subscribers::{create_subscriber, NewSubscriber, Start};
 use super::AppState;
 use crate::compat::ipn;
@@ -91,6 +92,7 @@ pub struct Totals {
 /// included).
 pub async fn balance(
     State(s): State<AppState>,
+    Reader(read): Reader,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<axum::Json<Totals>, ApiError> {
@@ -99,7 +101,7 @@ pub async fn balance(
         .get("address")
         .ok_or_else(|| ApiError::bad_request("invalid_address", "address: required"))?;
     let address = super::addresses::parse_address(&s, address)?.as_string();
-    let sums = super::addresses::address_sums(&s, &address).await?;
+    let sums = super::addresses::address_sums(read.pool(), &address).await?;
     let (confirmed, unconfirmed) = (sums.credited, sums.uncredited);
     Ok(axum::Json(Totals {
         address,

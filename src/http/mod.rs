@@ -15,6 +15,7 @@ mod events;
 mod extract;
 mod ipn;
 mod openapi;
+pub mod reads;
 pub mod server;
 mod status;
 mod stream;
@@ -44,7 +45,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The primary: commands, and every read not in [`AppState::read_pool`]'s routes.
     pub pool: PgPool,
+    /// Where the replica-served routes read (DATABASE_READ_URL, else the primary): the
+    /// ones [`router`] wraps in [`reads::choose`], and Bitcart's event reads.
+    pub read_pool: crate::store::replica::ReadPool,
     /// Where the commands record their events.
     pub unit_of_work: crate::unit_of_work::UnitOfWork,
     pub node: Node,
@@ -140,33 +145,58 @@ pub fn router(state: AppState) -> Router {
                 header::HeaderName::from_static("last-event-id"),
             ])
     });
+    // The reads a replica may serve (README "Read replicas"): `replica(Log)` for the log
+    // and what folds from it, `replica(NotLogged)` for subscribers' state. Every other
+    // route reads and writes the primary.
+    use reads::Shows::{Log, NotLogged};
+    let replica = |shows| middleware::from_fn_with_state((state.clone(), shows), reads::choose);
     let v1 = Router::new()
         .route("/status", get(status::status))
         .route(
             "/accounts",
             post(accounts::create_account).get(account_list::list),
         )
-        .route("/accounts/{id}", get(accounts::get_account))
-        .route("/accounts/{id}/balance", get(accounts::balance))
+        .route(
+            "/accounts/{id}",
+            get(accounts::get_account).route_layer(replica(Log)),
+        )
+        .route(
+            "/accounts/{id}/balance",
+            get(accounts::balance).route_layer(replica(Log)),
+        )
         .route("/accounts/{id}/addresses", post(addresses::add_address))
         .route(
             "/accounts/{id}/addresses/{index}",
-            get(addresses::derived_address),
+            get(addresses::derived_address).route_layer(replica(Log)),
         )
-        .route("/addresses/{address}", get(addresses::address_totals))
+        .route(
+            "/addresses/{address}",
+            get(addresses::address_totals).route_layer(replica(Log)),
+        )
         .route("/withdrawals", post(withdrawals::create))
-        .route("/deposits", get(deposits::list))
-        .route("/deposits/{txid}/{vout}", get(deposits::get_one))
-        .route("/events", get(events::tail))
-        .route("/events/stream", get(stream::stream))
-        .route("/audit/export", get(audit::export))
+        .route("/deposits", get(deposits::list).route_layer(replica(Log)))
+        .route(
+            "/deposits/{txid}/{vout}",
+            get(deposits::get_one).route_layer(replica(Log)),
+        )
+        .route("/events", get(events::tail).route_layer(replica(Log)))
+        .route(
+            "/events/stream",
+            get(stream::stream).route_layer(replica(Log)),
+        )
+        .route(
+            "/audit/export",
+            get(audit::export).route_layer(replica(Log)),
+        )
         .route(
             "/subscribers",
-            post(subscribers::create).get(subscribers::list),
+            post(subscribers::create).merge(get(subscribers::list).route_layer(replica(NotLogged))),
         )
         .route(
             "/subscribers/{id}",
-            get(subscribers::get_one).delete(subscribers::delete),
+            get(subscribers::get_one)
+                .route_layer(replica(NotLogged))
+                .delete(subscribers::delete),
         )
         .route("/subscribers/{id}/replay", post(subscribers::replay))
         .route("/subscribers/{id}/enable", post(subscribers::enable))
@@ -174,11 +204,23 @@ pub fn router(state: AppState) -> Router {
             "/subscribers/{id}/rotate-secret",
             post(subscribers::rotate_secret),
         )
-        .route("/subscribers/{id}/deliveries", get(subscribers::deliveries))
+        .route(
+            "/subscribers/{id}/deliveries",
+            get(subscribers::deliveries).route_layer(replica(NotLogged)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            reads::stamp_position,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // The Crypto IPN service's routes, at the paths its clients use.
     let ipn = Router::new()
-        .route("/btc", get(ipn::balance).post(ipn::balance))
+        .route(
+            "/btc",
+            get(ipn::balance)
+                .post(ipn::balance)
+                .route_layer(replica(Log)),
+        )
         .route("/btc_ipn", get(ipn::subscribe).post(ipn::subscribe))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

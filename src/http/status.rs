@@ -158,6 +158,21 @@ pub struct Status {
     /// lead to know).
     node_pruned_below: Option<i64>,
     zmq: Zmq,
+    /// The read replica (DATABASE_READ_URL); null without one.
+    replica: Option<ReplicaView>,
+}
+
+/// The read replica as its watcher last polled it.
+#[derive(Serialize, ToSchema)]
+pub struct ReplicaView {
+    /// It answers and its log is the primary's: replica-served routes read it.
+    up: bool,
+    /// Its log's head (`as_of_position` of what it serves).
+    head: i64,
+    /// `last_position` − `head`.
+    lag_positions: i64,
+    /// Why reads go to the primary instead, when they do.
+    problem: Option<String>,
 }
 
 /// ZMQ push from the node (`BITCOIND_ZMQ`).
@@ -203,13 +218,21 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
         )
         .fetch_all(&s.pool)
         .await?;
+    let last_position = store::head(&s.pool).await?.0;
+    let replica = s.read_pool.replica_seen().map(|seen| ReplicaView {
+        up: seen.up,
+        head: seen.head.0,
+        lag_positions: (last_position - seen.head.0).max(0),
+        problem: seen.problem,
+    });
     Ok(Json(Status {
+        replica,
         network: s.network.as_str(),
         node_tip: known(s.follower.node_tip.load(Ordering::Relaxed)),
         synced_tip: crate::projections::read::tip(&s.pool)
             .await?
             .map(|b| i64::from(b.height)),
-        last_position: store::head(&s.pool).await?.0,
+        last_position,
         leader: s.follower.leader.load(Ordering::Relaxed),
         instance_id: s.follower.instance_id.clone(),
         leader_lease: crate::leadership::holder(&s.pool).await?,

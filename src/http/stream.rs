@@ -18,6 +18,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::extract::Query;
+use super::reads::{Reader, Source};
 use super::AppState;
 use crate::domain::filter::TypeFilter;
 use crate::domain::stream::Position;
@@ -57,6 +58,7 @@ pub fn access_token(req: &axum::extract::Request) -> Option<String> {
 /// type).
 pub(super) async fn read_from(
     s: &AppState,
+    source: &Source,
     field: &str,
     after: i64,
     types: Option<&str>,
@@ -69,12 +71,16 @@ pub(super) async fn read_from(
     }
     let filter = TypeFilter::parse(types)
         .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?;
-    let head = store::head(&s.pool).await?.0;
-    if after > head {
-        return Err(ApiError::bad_request(
-            "invalid_after",
-            format!("{field}: {after} is beyond the head {head}"),
-        ));
+    // The primary decides only when the reading server has not reached `after`: a
+    // replica may trail what the client saw.
+    if after > source.known_head().0 {
+        let head = store::head(&s.pool).await?.0;
+        if after > head {
+            return Err(ApiError::bad_request(
+                "invalid_after",
+                format!("{field}: {after} is beyond the head {head}"),
+            ));
+        }
     }
     Ok(filter.map(|f| f.expand()))
 }
@@ -85,6 +91,7 @@ pub(super) async fn read_from(
     security(("bearer" = [])))]
 pub async fn stream(
     State(s): State<AppState>,
+    Reader(source): Reader,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -107,10 +114,12 @@ pub async fn stream(
         Some(id) => ("Last-Event-ID", id),
         None => ("after", q.after.unwrap_or(0)),
     };
-    let types = read_from(&s, field, after, q.types.as_deref()).await?;
+    let types = read_from(&s, &source, field, after, q.types.as_deref()).await?;
 
     struct Tail {
         s: AppState,
+        /// The server read (and waited on) from.
+        source: Source,
         cursor: Position,
         types: Option<Vec<String>>,
         pending: VecDeque<StoredEvent>,
@@ -118,6 +127,7 @@ pub async fn stream(
     }
     let tail = Tail {
         s,
+        source,
         cursor: Position(after),
         types,
         pending: VecDeque::new(),
@@ -139,23 +149,21 @@ pub async fn stream(
                 return Some((Ok(msg), t));
             }
             // The head before the read: nothing up to it that matches is left unread.
-            let head = match store::head(&t.s.pool).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(error = %e, "SSE stream cannot read the log; closing");
-                    return None;
-                }
-            };
-            match store::read_after(&t.s.pool, t.cursor, PAGE, t.types.as_deref()).await {
-                Ok(page) if !page.is_empty() => {
+            match t.source.page(t.cursor, PAGE, t.types.as_deref()).await {
+                Ok((_, page)) if !page.is_empty() => {
                     t.cursor = page.last().expect("non-empty").position;
                     t.pending.extend(page);
                 }
-                Ok(_) => {
+                Ok((head, _)) => {
                     t.cursor = t.cursor.max(head);
+                    if !t.source.from_replica() {
+                        // Back to the replica once it answers again (after a fail-over).
+                        t.source = t.s.read_pool.current();
+                    }
                     let mut shutdown = t.s.shutdown.clone();
                     tokio::select! {
-                        _ = t.s.log.wait_past(t.cursor, KEEP_ALIVE) => {}
+                        // The server read here passing the cursor (a replica trails the NOTIFY).
+                        _ = t.source.wait_past(t.cursor, KEEP_ALIVE) => {}
                         _ = shutdown.wait_for(|s| *s) => {}
                     }
                 }

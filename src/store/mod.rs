@@ -7,6 +7,7 @@
 
 pub mod hash;
 pub mod notify;
+pub mod replica;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

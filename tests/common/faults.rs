@@ -41,6 +41,28 @@ impl PrivateCluster {
     }
 }
 
+impl PrivateCluster {
+    /// A streaming standby of this cluster (tools/pg standby: `pg_basebackup -R`),
+    /// running on its own port; restartable and removed like any private cluster.
+    pub fn standby(&self) -> PrivateCluster {
+        let dir = scratch(&format!("pg-standby-{}", Uuid::new_v4().simple()));
+        let url = tool(&[
+            "pg",
+            "standby",
+            self.dir.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ]);
+        PrivateCluster { dir, url }
+    }
+
+    /// `database` (a URL of a database on another cluster) on this cluster.
+    pub fn same_database(&self, database: &str) -> String {
+        let name = database.rsplit('/').next().unwrap();
+        let (server, _) = self.url.rsplit_once('/').unwrap();
+        format!("{server}/{name}")
+    }
+}
+
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let _ = Command::new(super::repo().join("tools/pg"))

@@ -26,6 +26,7 @@ use crate::compat::bitcart::{self as mapping, Page};
 use crate::domain::descriptor::AccountDescriptor;
 use crate::domain::events::Event;
 use crate::domain::stream::{EventAt, Position};
+use crate::store::replica::Source;
 use crate::store::{self, StoredEvent};
 
 pub(crate) mod ws;
@@ -251,24 +252,22 @@ enum Wallet {
 
 impl Wallet {
     /// An xpub that is no account's key is an error (the daemon would load any wallet; an
-    /// account must exist here, and a typo should not pass silently).
-    async fn resolve(s: &AppState, xpub: Option<String>) -> Result<Wallet, RpcError> {
+    /// account must exist here, and a typo should not pass silently). Read where `read`
+    /// reads, and on the primary before refusing (a replica may not have a new account).
+    async fn resolve(
+        s: &AppState,
+        read: &Source,
+        xpub: Option<String>,
+    ) -> Result<Wallet, RpcError> {
         let Some(xpub) = xpub else {
             return Ok(Wallet::All);
         };
-        // The substring test narrows the scan; the parsed keys decide.
-        let rows = sqlx::query!(
-            r#"SELECT account_id, descriptor AS "descriptor!" FROM accounts
-               WHERE descriptor IS NOT NULL AND strpos(descriptor, $1) > 0"#,
-            xpub
-        )
-        .fetch_all(&s.pool)
-        .await?;
-        let accounts: Vec<Uuid> = rows
-            .into_iter()
-            .filter(|r| xpubs_of(s, &r.descriptor).contains(&xpub))
-            .map(|r| r.account_id)
-            .collect();
+        let accounts = Self::accounts_of(s, read.pool(), &xpub).await?;
+        let accounts = if accounts.is_empty() && read.from_replica() {
+            Self::accounts_of(s, &s.pool, &xpub).await?
+        } else {
+            accounts
+        };
         if accounts.is_empty() {
             return Err(RpcError::new(
                 &UNKNOWN_WALLET,
@@ -276,6 +275,22 @@ impl Wallet {
             ));
         }
         Ok(Wallet::Xpub { xpub, accounts })
+    }
+
+    async fn accounts_of(s: &AppState, pool: &sqlx::PgPool, xpub: &str) -> sqlx::Result<Vec<Uuid>> {
+        // The substring test narrows the scan; the parsed keys decide.
+        let rows = sqlx::query!(
+            r#"SELECT account_id, descriptor AS "descriptor!" FROM accounts
+               WHERE descriptor IS NOT NULL AND strpos(descriptor, $1) > 0"#,
+            xpub
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| xpubs_of(s, &r.descriptor).iter().any(|x| x == xpub))
+            .map(|r| r.account_id)
+            .collect())
     }
 
     /// The cursor's `wallet` column.
@@ -404,11 +419,26 @@ async fn next_batch(
     })
 }
 
+/// [`next_batch`] where `read` reads (the replica's events are a prefix of the primary's,
+/// so its batch ends at its own head), retried on the primary if the replica fails.
+async fn read_batch(read: &mut Source, wallet: &Wallet, cursor: Position) -> sqlx::Result<Batch> {
+    match next_batch(&mut *read.pool().acquire().await?, wallet, cursor).await {
+        Err(e) if read.from_replica() => {
+            tracing::warn!(error = %e, "bitcart: the read replica failed a read; reading from the primary");
+            read.fail_over();
+            next_batch(&mut *read.pool().acquire().await?, wallet, cursor).await
+        }
+        other => other,
+    }
+}
+
 async fn get_updates(s: &AppState, client: &str, xpub: Option<String>) -> Result<Value, RpcError> {
-    let wallet = Wallet::resolve(s, xpub).await?;
+    let mut read = s.read_pool.current();
+    let wallet = Wallet::resolve(s, &read, xpub).await?;
+    // The cursor is claimed (and moved) on the primary; the events are read where reads go.
     let mut tx = s.pool.begin().await?;
     let cursor = claim_cursor(&mut tx, client, wallet.key()).await?;
-    let batch = next_batch(&mut tx, &wallet, cursor).await?;
+    let batch = read_batch(&mut read, &wallet, cursor).await?;
     if batch.through > cursor {
         advance(&mut *tx, client, wallet.key(), batch.through).await?;
     }

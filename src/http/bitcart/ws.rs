@@ -16,7 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    advance, claim_cursor, next_batch, xpub_param, xpubs_of, Wallet, KEEP_ALIVE, UNAUTHORIZED,
+    advance, claim_cursor, read_batch, xpub_param, xpubs_of, Wallet, KEEP_ALIVE, UNAUTHORIZED,
     UNKNOWN_WALLET, WALLET_GRACE,
 };
 use crate::compat::bitcart::{self as mapping, Page};
@@ -96,7 +96,7 @@ async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> any
     };
     let mut shutdown = s.shutdown.clone();
     'wallet: loop {
-        let wallet = match Wallet::resolve(&s, xpub.take()).await {
+        let wallet = match Wallet::resolve(&s, &s.read_pool.current(), xpub.take()).await {
             Ok(w) => w,
             Err(e) if e.code.code == UNKNOWN_WALLET.code => {
                 return close(socket, close_code::POLICY, &e.message).await
@@ -110,19 +110,20 @@ async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> any
             if *shutdown.borrow() {
                 return close(socket, close_code::AWAY, "the service is shutting down").await;
             }
-            // The connection goes back before sending: a slow client must not hold one.
-            let mut conn = s.pool.acquire().await?;
-            let batch = next_batch(&mut conn, &wallet, cursor).await?;
+            // Events are read where reads go; the cursor is the primary's. Connections go
+            // back before sending: a slow client must not hold one.
+            let mut read = s.read_pool.current();
+            let batch = read_batch(&mut read, &wallet, cursor).await?;
             let frames = match &wallet {
                 Wallet::Xpub { xpub, .. } => {
                     mapping::frames(batch.page.updates, |_| Some(xpub.clone()))
                 }
                 Wallet::All => {
+                    let mut conn = read.pool().acquire().await?;
                     label_accounts(&s, &mut conn, &batch.page, &mut labels).await?;
                     mapping::frames(batch.page.updates, |a| labels.get(&a).cloned().flatten())
                 }
             };
-            drop(conn);
             let mut sent_through = None;
             for frame in frames {
                 let text = frame.to_json().to_string();
@@ -162,7 +163,8 @@ async fn serve_socket(s: AppState, client: String, mut socket: WebSocket) -> any
                 continue;
             }
             tokio::select! {
-                woken = s.log.wait_past(cursor, KEEP_ALIVE) => {
+                // The server read here passing the cursor (a replica trails the NOTIFY).
+                woken = read.wait_past(cursor, KEEP_ALIVE) => {
                     if !woken {
                         socket.send(Message::Ping(Bytes::new())).await?;
                     }

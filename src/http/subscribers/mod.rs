@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use super::reads::Reader;
 use super::AppState;
 use crate::projections::cursors::{self, Entry};
 use crate::store;
+use sqlx::PgPool;
 
 mod create;
 mod rotate;
@@ -66,19 +68,19 @@ pub struct SubscriberList {
 
 #[utoipa::path(get, path = "/v1/subscribers", tag = "webhooks",
     responses((status = 200, body = SubscriberList)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>) -> Result<axum::Json<SubscriberList>, ApiError> {
+pub async fn list(Reader(read): Reader) -> Result<axum::Json<SubscriberList>, ApiError> {
     Ok(axum::Json(SubscriberList {
-        subscribers: views(&s, None).await?,
+        subscribers: views(read.pool(), None).await?,
     }))
 }
 
 #[utoipa::path(get, path = "/v1/subscribers/{id}", tag = "webhooks",
     responses((status = 200, body = SubscriberView), (status = 404)), security(("bearer" = [])))]
 pub async fn get_one(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<SubscriberView>, ApiError> {
-    one(&s, id).await.map(axum::Json)
+    one(read.pool(), id).await.map(axum::Json)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -106,7 +108,7 @@ pub async fn replay(
     }
     let position = (body.from_position - 1).max(0);
     command(&s, id, Entry::Replay { position }).await?;
-    one(&s, id).await.map(axum::Json)
+    one(&s.pool, id).await.map(axum::Json)
 }
 
 #[utoipa::path(post, path = "/v1/subscribers/{id}/enable", tag = "webhooks",
@@ -116,7 +118,7 @@ pub async fn enable(
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<SubscriberView>, ApiError> {
     command(&s, id, Entry::Enable).await?;
-    one(&s, id).await.map(axum::Json)
+    one(&s.pool, id).await.map(axum::Json)
 }
 
 #[utoipa::path(delete, path = "/v1/subscribers/{id}", tag = "webhooks",
@@ -132,7 +134,7 @@ pub async fn delete(
 /// Journals a command for a live subscriber (404 for an unknown or deleted one) and wakes
 /// the dispatcher.
 async fn command(s: &AppState, id: Uuid, entry: Entry) -> Result<(), ApiError> {
-    one(s, id).await?;
+    one(&s.pool, id).await?;
     let mut tx = s.pool.begin().await?;
     let state = cursors::record(&mut tx, &[(id, entry.clone())]).await?;
     tx.commit().await?;
@@ -142,14 +144,14 @@ async fn command(s: &AppState, id: Uuid, entry: Entry) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn one(s: &AppState, id: Uuid) -> Result<SubscriberView, ApiError> {
-    views(s, Some(id))
+async fn one(pool: &PgPool, id: Uuid) -> Result<SubscriberView, ApiError> {
+    views(pool, Some(id))
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found("subscriber_not_found", "no such subscriber"))
 }
 
-async fn views(s: &AppState, id: Option<Uuid>) -> Result<Vec<SubscriberView>, ApiError> {
+async fn views(pool: &PgPool, id: Option<Uuid>) -> Result<Vec<SubscriberView>, ApiError> {
     let rows = sqlx::query!(
         r#"SELECT s.subscriber_id, s.url, s.command, s.format, s.address, s.max_confirms,
                   s.types_spec, s.account_id, s.created_at,
@@ -163,7 +165,7 @@ async fn views(s: &AppState, id: Option<Uuid>) -> Result<Vec<SubscriberView>, Ap
            ORDER BY s.created_at, s.subscriber_id"#,
         id
     )
-    .fetch_all(&s.pool)
+    .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
@@ -221,7 +223,7 @@ pub struct Deliveries {
     params(DeliveriesQuery), responses((status = 200, body = Deliveries), (status = 404)),
     security(("bearer" = [])))]
 pub async fn deliveries(
-    State(s): State<AppState>,
+    Reader(read): Reader,
     Path(id): Path<Uuid>,
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<axum::Json<Deliveries>, ApiError> {
@@ -232,7 +234,7 @@ pub async fn deliveries(
             "limit: must be between 1 and 1000",
         ));
     }
-    one(&s, id).await?;
+    one(read.pool(), id).await?;
     let rows = sqlx::query!(
         r#"SELECT position AS "position!", event_id AS "event_id!", attempt AS "attempt!",
                   outcome AS "outcome!", status_code, error, latency_ms AS "latency_ms!",
@@ -242,7 +244,7 @@ pub async fn deliveries(
         id,
         limit
     )
-    .fetch_all(&s.pool)
+    .fetch_all(read.pool())
     .await?;
     Ok(axum::Json(Deliveries {
         deliveries: rows

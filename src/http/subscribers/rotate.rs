@@ -51,7 +51,7 @@ pub async fn rotate_secret(
             format!("at most {MAX_KEEP_SECS} (a week)"),
         ));
     }
-    let view = one(&s, id).await?;
+    let view = one(&s.pool, id).await?;
     if view.format == "ipn" {
         return Err(ApiError::invalid_field(
             "format",
