@@ -56,7 +56,10 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
             ApiError::Internal(e) => {
-                tracing::error!(error = format!("{e:#}"), "request failed");
+                tracing::error!(
+                    error = crate::redact::redact(&format!("{e:#}")),
+                    "request failed"
+                );
                 let body = json!({"error": {"code": "internal", "message": "internal error"}});
                 (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
             }
