@@ -45,6 +45,23 @@ struct Row {
     rebuild_rate: f64,
 }
 
+impl Row {
+    fn line(&self) -> String {
+        format!(
+            "| {} | {:.0} | {:.0} + {:.0} = {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            self.events,
+            self.fill_rate,
+            self.table as f64 / self.events as f64,
+            self.indexes as f64 / self.events as f64,
+            (self.table + self.indexes) as f64 / self.events as f64,
+            self.append_rate,
+            self.tail_middle,
+            self.tail_end,
+            self.rebuild_rate
+        )
+    }
+}
+
 async fn size(pool: &PgPool, what: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(&format!("SELECT {what}('events')"))
         .fetch_one(pool)
@@ -125,8 +142,7 @@ async fn main() -> anyhow::Result<()> {
             report.balance_mismatches
         );
         let rebuild_rate = report.replayed as f64 / report.seconds;
-        eprintln!("bench: measured at {events} events");
-        rows.push(Row {
+        let row = Row {
             events,
             fill_rate,
             table,
@@ -135,24 +151,15 @@ async fn main() -> anyhow::Result<()> {
             tail_middle,
             tail_end,
             rebuild_rate,
-        });
+        };
+        eprintln!("bench: {}", row.line());
+        rows.push(row);
     }
 
     println!("| events in the table | pre-fill events/s (batches of 20,000) | table + indexes bytes per event | append events/s (batches of 496) | tail events/s, middle | tail events/s, end | rebuild events/s |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
-        println!(
-            "| {} | {:.0} | {:.0} + {:.0} = {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            r.events,
-            r.fill_rate,
-            r.table as f64 / r.events as f64,
-            r.indexes as f64 / r.events as f64,
-            (r.table + r.indexes) as f64 / r.events as f64,
-            r.append_rate,
-            r.tail_middle,
-            r.tail_end,
-            r.rebuild_rate
-        );
+        println!("{}", r.line());
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         let ratio = |a: f64, b: f64| format!("{:.2}", b / a);
