@@ -6,16 +6,10 @@
 
 mod shared;
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use chainledger::chain::node::Credentials;
-use chainledger::chain::{FollowerStatus, Node};
-use chainledger::config::NetworkName;
 use chainledger::domain::stream::Position;
-use chainledger::http::{self, AppState};
-use chainledger::store::{self, notify::LogWatch};
-use chainledger::unit_of_work::UnitOfWork;
+use chainledger::store;
 use sqlx::PgPool;
 
 const BATCH: usize = 500;
@@ -52,55 +46,9 @@ async fn main() -> anyhow::Result<()> {
     let raw_secs = shared::raw_insert(&pool, Position(0), BATCH).await?;
 
     // The tail over HTTP, pages of 1000. The node is never called by this route.
-    let never_stop = tokio::sync::watch::Sender::new(false);
-    let log = LogWatch::start(pool.clone()).await?;
-    let state = AppState {
-        read_pool: chainledger::store::replica::ReadPool::primary_only(pool.clone(), log.clone()),
-        pool: pool.clone(),
-        unit_of_work: UnitOfWork::new(pool.clone(), bitcoin::Network::Regtest),
-        node: Node::connect(
-            "http://127.0.0.1:9",
-            Credentials::UserPass("x".into(), "x".into()),
-        )?,
-        network: NetworkName::Regtest,
-        api_token: Arc::from("bench-token-0123456789"),
-        credit_confirmations: 3,
-        final_confirmations: 15,
-        log,
-        follower: Arc::new(FollowerStatus::default()),
-        zmq_mode: chainledger::chain::zmq::ZmqMode::Off,
-        webhook_guard: Arc::default(),
-        wake_delivery: Arc::default(),
-        shutdown: never_stop.subscribe(),
-        cors_allow_origins: Vec::new(),
-        wake_rescans: Arc::default(),
-        script_handlers: false,
-        ipn_token: None,
-        ipn_auth: None,
-        bitcart_auth: Arc::new(http::BasicAuth::new("bench", "bench-token-0123456789")),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, http::router(state)).await });
-    let client = reqwest::Client::new();
+    let addr = shared::serve_api(&pool).await?;
     let started = Instant::now();
-    let (mut after, mut read, mut bytes) = (0i64, 0usize, 0usize);
-    loop {
-        let body = client
-            .get(format!("http://{addr}/v1/events?after={after}&limit=1000"))
-            .bearer_auth("bench-token-0123456789")
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        bytes += body.len();
-        let page: serde_json::Value = serde_json::from_slice(&body)?;
-        read += page["events"].as_array().map_or(0, Vec::len);
-        after = page["next_after"].as_i64().unwrap_or(after);
-        if !page["has_more"].as_bool().unwrap_or(false) {
-            break;
-        }
-    }
+    let (read, bytes) = shared::read_tail(addr, 0, usize::MAX).await?;
     let tail_secs = started.elapsed().as_secs_f64();
     assert_eq!(read, total);
 

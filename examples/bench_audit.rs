@@ -9,82 +9,26 @@
 use std::process::Command;
 use std::time::Instant;
 
-use chainledger::domain::account;
-use chainledger::domain::events::Event;
-use chainledger::domain::stream::{NewEvent, StreamName};
-use chainledger::domain::tracked::{Btc, Deposit, Status};
-use chainledger::domain::Sats;
-use chainledger::projections::{self, rebuild};
+use chainledger::projections::rebuild;
 use chainledger::store;
 use futures::TryStreamExt;
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod shared;
+
 const ACCOUNTS: usize = 1000;
-const PER_DEPOSIT: usize = 8;
 const GROUP: usize = 625; // deposits in flight together: 5,000 events per append
 
-fn deposit_event(d: usize, step: usize, accounts: &[Uuid]) -> NewEvent {
-    let (conf, credited, status) = match step {
-        0 => (0, false, Status::Mempool),
-        1..=3 => (step as u32, false, Status::Confirming),
-        4 => (3, true, Status::Credited),
-        5 | 6 => (step as u32 - 1, true, Status::Credited),
-        _ => (6, true, Status::Final),
-    };
-    let deposit = Deposit {
-        account_id: accounts[d % ACCOUNTS],
-        address: format!("addr-{}", d % ACCOUNTS),
-        txid: format!("{d:064x}").parse().expect("a txid"),
-        vout: 0,
-        amount: Btc(Sats(50_000_000)),
-        amount_sats: Sats(50_000_000),
-        confirmations: conf,
-        block_hash: (conf > 0).then(|| format!("{:064x}", d / GROUP).parse().expect("a hash")),
-        block_height: (conf > 0).then_some(1000 + (d / GROUP) as u32),
-        credited,
-        credit_confirmations: 3,
-        status,
-        inputs: vec![],
-    };
-    let event = match step {
-        0 => Event::DepositSeen(deposit.clone()),
-        4 => Event::DepositCredited(deposit.clone()),
-        7 => Event::DepositFinal(deposit.clone()),
-        _ => Event::DepositConfirmed(deposit.clone()),
-    };
-    NewEvent {
-        stream: StreamName::deposit(deposit.outpoint()),
-        expected_version: (step > 0).then(|| step as i32 - 1),
-        event,
-        metadata: json!({"source": "bench"}),
-    }
-}
-
 async fn generate(pool: &PgPool, total: usize) -> anyhow::Result<()> {
-    let accounts: Vec<Uuid> = (0..ACCOUNTS).map(|_| Uuid::new_v4()).collect();
-    let mut batch: Vec<NewEvent> = accounts
-        .iter()
-        .flat_map(|id| {
-            account::create(*id, "bench".into(), 3, None, &json!({"source": "bench"}))
-                .expect("a plain account")
-        })
-        .collect();
-    let deposits = (total.saturating_sub(ACCOUNTS)) / PER_DEPOSIT;
+    let mut log = shared::Deposits::new(ACCOUNTS);
     let mut tx = pool.begin().await?;
-    store::append(&mut tx, &batch).await?;
+    store::append(&mut tx, &log.accounts()).await?;
     tx.commit().await?;
+    let deposits = (total.saturating_sub(ACCOUNTS)) / shared::PER_DEPOSIT;
     for group in (0..deposits).step_by(GROUP) {
-        let end = (group + GROUP).min(deposits);
-        batch.clear();
-        for step in 0..PER_DEPOSIT {
-            for d in group..end {
-                batch.push(deposit_event(d, step, &accounts));
-            }
-        }
         let mut tx = pool.begin().await?;
-        store::append(&mut tx, &batch).await?;
+        store::append(&mut tx, &log.group(GROUP.min(deposits - group))).await?;
         tx.commit().await?;
     }
     Ok(())
@@ -151,23 +95,8 @@ async fn main() -> anyhow::Result<()> {
     drop(conn);
     let raw_secs = started.elapsed().as_secs_f64();
 
-    let ledger = projections::Definition::find("ledger").expect("the ledger projection");
-    let report = rebuild::rebuild(
-        &pool,
-        &[ledger],
-        rebuild::Mode::Swap,
-        false,
-        &rebuild::Progress::Log,
-    )
-    .await?;
-    let verify = rebuild::rebuild(
-        &pool,
-        &[ledger],
-        rebuild::Mode::VerifyOnly,
-        true,
-        &rebuild::Progress::Log,
-    )
-    .await?;
+    let report = shared::rebuild_ledger(&pool, rebuild::Mode::Swap, false).await?;
+    let verify = shared::rebuild_ledger(&pool, rebuild::Mode::VerifyOnly, true).await?;
     anyhow::ensure!(
         verify.clean(),
         "the rebuilt tables do not verify: {verify:?}"

@@ -15,7 +15,9 @@
 //! with `start: now`; DELIVERIES / S events are appended in one transaction; the clock runs
 //! from that commit until every cursor has reached the head. The load generator runs again
 //! at the end: the spread of the two passes is the noise. `BENCH_SHAPES="100x100,…"`
-//! (SUBSCRIBERSxWORKERS) replaces the default shapes 1x16, 10x16, 100x100, 100x16.
+//! (SUBSCRIBERSxWORKERS) replaces the default shapes 1x16, 10x16, 100x100, 100x16; a third
+//! number sets WEBHOOK_GROUP_COMMIT_ENTRIES for that shape (`1x16x1,1x16x100`: one
+//! subscriber without and with a group-commit window, in one run).
 //! `BENCH_FORMAT` picks what the subscribers are: `standard` (default), `cryptoassets`
 //! (txupdate forms to the same receiver) or `script` (script handlers running `/bin/true`
 //! once per event, no receiver involved).
@@ -284,6 +286,18 @@ async fn load(
 struct Shape {
     subscribers: usize,
     workers: u32,
+    /// WEBHOOK_GROUP_COMMIT_ENTRIES for this run (`SxWxE`); None: the configured one.
+    window: Option<u32>,
+}
+
+impl Shape {
+    /// The WEBHOOK_WORKERS column: the workers, and the group-commit window when given.
+    fn workers_label(&self) -> String {
+        match self.window {
+            Some(e) => format!("{} (group commit {e})", self.workers),
+            None => self.workers.to_string(),
+        }
+    }
 }
 
 struct Run {
@@ -308,8 +322,11 @@ async fn delivery_run(
 ) -> anyhow::Result<Run> {
     let url = shared::create_database(&format!("delivery_{i}")).await?;
     let pool = PgPool::connect(&url).await?;
-    let running =
-        chainledger::app::start(config(&url, rpc, rpc.height()? + 1, shape.workers, 1000)).await?;
+    let mut cfg = config(&url, rpc, rpc.height()? + 1, shape.workers, 1000);
+    if let Some(entries) = shape.window {
+        cfg.webhook_group_commit_entries = entries;
+    }
+    let running = chainledger::app::start(cfg).await?;
     let api = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -437,10 +454,13 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "1x16,10x16,100x100,100x16".into())
         .split(',')
         .map(|s| {
-            let (a, b) = s.split_once('x').context("BENCH_SHAPES: SxW,…")?;
+            let mut parts = s.split('x').map(str::trim);
+            let mut next = || parts.next().context("BENCH_SHAPES: SxW[xE],…");
+            let (a, b) = (next()?, next()?);
             Ok(Shape {
-                subscribers: a.trim().parse()?,
-                workers: b.trim().parse()?,
+                subscribers: a.parse()?,
+                workers: b.parse()?,
+                window: parts.next().map(str::parse).transpose()?,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -465,7 +485,7 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         eprintln!(
             "bench: {} subscribers, {} workers: {:.0} deliveries/s",
             shape.subscribers,
-            shape.workers,
+            shape.workers_label(),
             run.delivered as f64 / run.secs
         );
         runs.push(run);
@@ -511,7 +531,7 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         println!(
             "| {} | {} | {} | {}{} | {:.2} | {rate:.0} | {:.2} (of {cap:.0}, concurrency {}) | {:.2} | {:.1} | {:.2} |",
             shape.subscribers,
-            shape.workers,
+            shape.workers_label(),
             total / shape.subscribers,
             run.delivered,
             if run.delivered == run.expected {
@@ -538,7 +558,7 @@ async fn delivery(args: &[String]) -> anyhow::Result<()> {
         println!(
             "| {} subscribers, {} workers | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} |",
             shape.subscribers,
-            shape.workers,
+            shape.workers_label(),
             pct(run.cpu.this),
             pct(run.cpu.postgres),
             pct(run.cpu.receiver),

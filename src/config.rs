@@ -249,6 +249,15 @@ pub struct Config {
     // Checked by `validate`, not by a value parser, whose error would print it unredacted.
     #[arg(long, env = "WEBHOOK_PROXY", hide_env_values = true)]
     pub webhook_proxy: Option<String>,
+    /// A subscriber's group-commit window: its worker sends the next webhook while the
+    /// previous ones' journal entries wait for their batch, as long as the oldest waiting
+    /// one is younger than this many milliseconds; 0: every delivery waits for its entry.
+    #[arg(long, env = "WEBHOOK_GROUP_COMMIT_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub webhook_group_commit_ms: u64,
+    /// ... and fewer than this many wait: at most this many webhooks are delivered again
+    /// per subscriber after a crash. 1: every delivery waits for its entry.
+    #[arg(long, env = "WEBHOOK_GROUP_COMMIT_ENTRIES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_group_commit_entries: u32,
     /// Milliseconds a client has to send a request's headers in full, from the opening of
     /// the connection or from the first byte after the previous response; then it is closed.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -363,6 +372,10 @@ impl Config {
             credit_confirmations: self.credit_confirmations,
             // Checked by validate() before the service starts.
             proxy: self.webhook_proxy_url().ok().flatten(),
+            group_commit: crate::delivery::GroupCommit {
+                window: Duration::from_millis(self.webhook_group_commit_ms),
+                entries: self.webhook_group_commit_entries as usize,
+            },
         }
     }
 
@@ -451,6 +464,11 @@ impl fmt::Debug for Config {
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("webhook_allow_nets", &self.webhook_allow_nets)
             .field("webhook_workers", &self.webhook_workers)
+            .field("webhook_group_commit_ms", &self.webhook_group_commit_ms)
+            .field(
+                "webhook_group_commit_entries",
+                &self.webhook_group_commit_entries,
+            )
             .field("cors_allow_origins", &self.cors_allow_origins)
             .field("script_handlers", &self.script_handlers)
             .field("ipn_token", &self.ipn_token.as_ref().map(|_| "<redacted>"))

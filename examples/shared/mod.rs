@@ -197,3 +197,175 @@ pub async fn raw_insert(
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// A log shaped like real deposits: `accounts` `account.created` first (see
+/// [`Deposits::accounts`]), then deposits of 8 events each (seen, confirmed ×3, credited,
+/// confirmed ×2, final) over those accounts, a group of deposits in flight together
+/// interleaved as blocks interleave them. Ledger-valid: rebuild-projections folds it.
+pub struct Deposits {
+    accounts: Vec<uuid::Uuid>,
+    next: usize,
+}
+
+pub const PER_DEPOSIT: usize = 8;
+
+impl Deposits {
+    pub fn new(accounts: usize) -> Deposits {
+        Deposits {
+            accounts: (0..accounts).map(|_| uuid::Uuid::new_v4()).collect(),
+            next: 0,
+        }
+    }
+
+    /// The `account.created` events (append them first).
+    pub fn accounts(&self) -> Vec<NewEvent> {
+        self.accounts
+            .iter()
+            .flat_map(|id| {
+                chainledger::domain::account::create(
+                    *id,
+                    "bench".into(),
+                    3,
+                    None,
+                    &json!({"source": "bench"}),
+                )
+                .expect("a plain account")
+            })
+            .collect()
+    }
+
+    /// The events of the next `deposits` deposits, in flight together (8 × `deposits`).
+    pub fn group(&mut self, deposits: usize) -> Vec<NewEvent> {
+        let (first, end) = (self.next, self.next + deposits);
+        self.next = end;
+        let mut batch = Vec::with_capacity(deposits * PER_DEPOSIT);
+        for step in 0..PER_DEPOSIT {
+            for d in first..end {
+                batch.push(self.event(d, first, step));
+            }
+        }
+        batch
+    }
+
+    fn event(&self, d: usize, group: usize, step: usize) -> NewEvent {
+        let (conf, credited, status) = match step {
+            0 => (0, false, Status::Mempool),
+            1..=3 => (step as u32, false, Status::Confirming),
+            4 => (3, true, Status::Credited),
+            5 | 6 => (step as u32 - 1, true, Status::Credited),
+            _ => (6, true, Status::Final),
+        };
+        let n = self.accounts.len();
+        let deposit = Deposit {
+            account_id: self.accounts[d % n],
+            address: format!("addr-{}", d % n),
+            txid: format!("{d:064x}").parse().expect("a txid"),
+            vout: 0,
+            amount: Btc(Sats(50_000_000)),
+            amount_sats: Sats(50_000_000),
+            confirmations: conf,
+            block_hash: (conf > 0).then(|| format!("{group:064x}").parse().expect("a hash")),
+            block_height: (conf > 0).then_some(1000 + group as u32),
+            credited,
+            credit_confirmations: 3,
+            status,
+            inputs: vec![],
+        };
+        let event = match step {
+            0 => Event::DepositSeen(deposit.clone()),
+            4 => Event::DepositCredited(deposit.clone()),
+            7 => Event::DepositFinal(deposit.clone()),
+            _ => Event::DepositConfirmed(deposit.clone()),
+        };
+        NewEvent {
+            stream: StreamName::deposit(deposit.outpoint()),
+            expected_version: (step > 0).then(|| step as i32 - 1),
+            event,
+            metadata: json!({"source": "bench"}),
+        }
+    }
+}
+
+/// The API's router on 127.0.0.1 (a port of its own) over `pool`, its node a dead address
+/// (the read routes never call it). Its address; the API token is `bench-token-0123456789`.
+pub async fn serve_api(pool: &PgPool) -> anyhow::Result<std::net::SocketAddr> {
+    use chainledger::http::{self, AppState};
+    let never_stop = tokio::sync::watch::Sender::new(false);
+    let log = chainledger::store::notify::LogWatch::start(pool.clone()).await?;
+    let state = AppState {
+        read_pool: chainledger::store::replica::ReadPool::primary_only(pool.clone(), log.clone()),
+        pool: pool.clone(),
+        unit_of_work: chainledger::unit_of_work::UnitOfWork::new(
+            pool.clone(),
+            bitcoin::Network::Regtest,
+        ),
+        node: chainledger::chain::Node::connect(
+            "http://127.0.0.1:9",
+            chainledger::chain::node::Credentials::UserPass("x".into(), "x".into()),
+        )?,
+        network: chainledger::config::NetworkName::Regtest,
+        api_token: Arc::from("bench-token-0123456789"),
+        credit_confirmations: 3,
+        final_confirmations: 15,
+        log,
+        follower: Arc::new(chainledger::chain::FollowerStatus::default()),
+        zmq_mode: chainledger::chain::zmq::ZmqMode::Off,
+        webhook_guard: Arc::default(),
+        wake_delivery: Arc::default(),
+        shutdown: never_stop.subscribe(),
+        cors_allow_origins: Vec::new(),
+        wake_rescans: Arc::default(),
+        script_handlers: false,
+        ipn_token: None,
+        ipn_auth: None,
+        bitcart_auth: Arc::new(http::BasicAuth::new("bench", "bench-token-0123456789")),
+    };
+    // The router lives as long as the process: the sender must too.
+    std::mem::forget(never_stop);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, http::router(state)).await });
+    Ok(addr)
+}
+
+/// Reads the tail `GET /v1/events` in pages of 1000 from `after` until `want` events were
+/// read or the log ends: (events, bytes).
+pub async fn read_tail(
+    addr: std::net::SocketAddr,
+    mut after: i64,
+    want: usize,
+) -> anyhow::Result<(usize, usize)> {
+    let client = reqwest::Client::new();
+    let (mut read, mut bytes) = (0usize, 0usize);
+    while read < want {
+        let limit = 1000.min(want - read);
+        let body = client
+            .get(format!(
+                "http://{addr}/v1/events?after={after}&limit={limit}"
+            ))
+            .bearer_auth("bench-token-0123456789")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        bytes += body.len();
+        let page: Value = serde_json::from_slice(&body)?;
+        read += page["events"].as_array().map_or(0, Vec::len);
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if !page["has_more"].as_bool().unwrap_or(false) {
+            break;
+        }
+    }
+    Ok((read, bytes))
+}
+
+/// rebuild-projections of the ledger (what `chainledger rebuild-projections ledger` runs).
+pub async fn rebuild_ledger(
+    pool: &PgPool,
+    mode: chainledger::projections::rebuild::Mode,
+    compare: bool,
+) -> anyhow::Result<chainledger::projections::rebuild::Report> {
+    use chainledger::projections::{rebuild, Definition};
+    let ledger = Definition::find("ledger").expect("the ledger projection");
+    rebuild::rebuild(pool, &[ledger], mode, compare, &rebuild::Progress::Log).await
+}

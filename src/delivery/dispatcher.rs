@@ -1,7 +1,8 @@
 //! The dispatcher: finds the subscribers with work (behind the head, retry due, not
 //! idle) and runs one worker per subscriber, at most `workers` at once, each under the
 //! subscriber's lease (a session advisory lock), delivering in position order and
-//! journaling every attempt before the next.
+//! journaling every attempt, the next request sent while the previous ones' entries wait
+//! for their batch (the subscriber's group-commit window).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,11 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify, Semaphore};
 use uuid::Uuid;
 
-use super::recorder::Recorder;
+use super::recorder::{Recorder, Window};
 use super::render;
 use super::subscriber::Subscriber;
 use super::transport::Transport;
-use super::DeliveryConfig;
+use super::{DeliveryConfig, GroupCommit};
 use crate::domain::stream::Position;
 use crate::projections::cursors::{self, CursorState, Entry, Outcome};
 use crate::store::{self, notify::LogWatch};
@@ -36,6 +37,7 @@ pub struct Dispatcher {
     credit_confirmations: u32,
     transport: Transport,
     recorder: Recorder,
+    group_commit: GroupCommit,
     wake: Arc<Notify>,
 }
 
@@ -53,6 +55,7 @@ impl Dispatcher {
             log,
             workers: cfg.workers,
             credit_confirmations: cfg.credit_confirmations,
+            group_commit: cfg.group_commit,
             transport: Transport::new(cfg)?,
             recorder,
             wake,
@@ -148,14 +151,23 @@ impl Dispatcher {
         result.map(|()| true)
     }
 
+    /// Delivers in position order, each request sent while the previous ones' journal
+    /// entries wait for their batch (within the group-commit window). A failure, a
+    /// replay, enable or delete (a new epoch) or `stop` waits for every entry sent, and the
+    /// session goes on from the journaled cursor: nothing after a failing event is sent
+    /// before it succeeds.
     async fn deliver(&self, id: Uuid, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let Some(sub) = Subscriber::load(&self.pool, id).await? else {
             return Ok(());
         };
         let read_types = sub.read_types();
+        let mut window = Window::new(self.recorder.clone(), id, self.group_commit);
         let mut state = load_state(&self.pool, id).await?;
         let mut delivered = 0;
         'session: loop {
+            if let Some(s) = window.drain().await? {
+                state = s;
+            }
             if *stop.borrow()
                 || !matches!(state.status, cursors::ACTIVE | cursors::RETRYING)
                 || state.next_attempt_at.is_some_and(|t| t > Utc::now())
@@ -163,73 +175,72 @@ impl Dispatcher {
             {
                 return Ok(());
             }
-            // The head first: an empty read then proves nothing up to it matches.
-            let head = store::head(&self.pool).await?;
-            let events = store::read_matching(
-                &self.pool,
-                Position(state.cursor),
-                PAGE,
-                read_types.as_deref(),
-                sub.account_id,
-                sub.address(),
-            )
-            .await?;
-            if events.is_empty() {
-                if head.0 > state.cursor {
-                    let epoch = state.epoch;
-                    self.record(
-                        id,
-                        Entry::CaughtUp {
-                            epoch,
-                            position: head.0,
-                        },
-                    )
-                    .await?;
-                }
-                return Ok(());
-            }
-            // Events the format does not deliver (an IPN's confirmations past max_confirms)
-            // are passed over; the cursor moves past a page ending in them.
-            let mut passed_to = None;
-            for event in &events {
-                let Some(message) =
-                    render::render(&self.pool, self.credit_confirmations, &sub, event).await?
-                else {
-                    passed_to = Some(event.position.0);
-                    continue;
-                };
-                passed_to = None;
-                let epoch = state.epoch;
-                let entry = self
-                    .transport
-                    .send(&sub, event, message, epoch, state.failures + 1)
-                    .await;
-                let failed = !matches!(
-                    entry,
-                    Entry::Attempt {
-                        outcome: Outcome::Delivered,
-                        ..
+            let epoch = state.epoch;
+            // Where the deliveries sent (journaled or not) have got to.
+            let mut from = state.cursor;
+            let mut failures = state.failures;
+            loop {
+                // The head first: an empty read then proves nothing up to it matches.
+                let head = store::head(&self.pool).await?;
+                let events = store::read_matching(
+                    &self.pool,
+                    Position(from),
+                    PAGE,
+                    read_types.as_deref(),
+                    sub.account_id,
+                    sub.address(),
+                )
+                .await?;
+                if events.is_empty() {
+                    if head.0 > from {
+                        let position = head.0;
+                        window.push(Entry::CaughtUp { epoch, position }).await?;
                     }
-                );
-                state = self.record(id, entry).await?;
-                delivered += 1;
-                if failed || state.epoch != epoch || *stop.borrow() {
-                    continue 'session;
+                    window.drain().await?;
+                    return Ok(());
                 }
-            }
-            if let Some(position) = passed_to {
-                let epoch = state.epoch;
-                state = self.record(id, Entry::CaughtUp { epoch, position }).await?;
+                // Events the format does not deliver (an IPN's confirmations past
+                // max_confirms) are passed over; the cursor moves past a page ending in them.
+                let mut passed_to = None;
+                for event in &events {
+                    let Some(message) =
+                        render::render(&self.pool, self.credit_confirmations, &sub, event).await?
+                    else {
+                        passed_to = Some(event.position.0);
+                        continue;
+                    };
+                    passed_to = None;
+                    if let Some(s) = window.room().await? {
+                        state = s;
+                        if state.epoch != epoch {
+                            continue 'session;
+                        }
+                    }
+                    let entry = self
+                        .transport
+                        .send(&sub, event, message, epoch, failures + 1)
+                        .await;
+                    let failed = !matches!(
+                        entry,
+                        Entry::Attempt {
+                            outcome: Outcome::Delivered,
+                            ..
+                        }
+                    );
+                    window.push(entry).await?;
+                    delivered += 1;
+                    from = event.position.0;
+                    failures = 0;
+                    if failed || *stop.borrow() || delivered >= YIELD_AFTER {
+                        continue 'session;
+                    }
+                }
+                if let Some(position) = passed_to {
+                    window.push(Entry::CaughtUp { epoch, position }).await?;
+                    from = position;
+                }
             }
         }
-    }
-
-    /// The event in the subscriber's format; None when the format does not deliver it.
-    async fn record(&self, id: Uuid, entry: Entry) -> anyhow::Result<CursorState> {
-        self.recorder
-            .record(id, entry)
-            .await
-            .map_err(anyhow::Error::new)
     }
 }
 

@@ -2,7 +2,8 @@
 //! cursor are POSTed in position order, one per request, signed per Standard Webhooks; the
 //! cursor advances only after a 2xx. Every attempt is journaled (`delivery_attempts`) and
 //! the cursor is the journal's fold (`projections::cursors`), so nothing is lost on a
-//! crash: at most the one event in flight per subscriber is delivered again.
+//! crash: at most a subscriber's group-commit window (the deliveries sent while their
+//! entries waited for their batch, [`GroupCommit`]) is delivered again, in order.
 //!
 //! - [`dispatcher`]: wakes on every commit to the log (LISTEN/NOTIFY), on API commands and
 //!   when a retry falls due, and hands due subscribers to at most `workers` tasks; a
@@ -14,7 +15,8 @@
 //! - [`render`]: one event in a subscriber's format.
 //! - [`transport`]: where a webhook is sent — one attempt, its outcome a journal entry.
 //! - [`recorder`]: group-commits the journal entries of all workers: one transaction per
-//!   batch, each worker waiting for its own entry before the next request.
+//!   batch; a worker sends its next request while its previous entries wait for their
+//!   batch, within its [`GroupCommit`] window, and waits for all of them on a failure.
 //! - [`sign`], [`schedule`], [`ssrf`]: Standard Webhooks signatures, the retry schedule,
 //!   the guard against private-network targets.
 
@@ -50,4 +52,23 @@ pub struct DeliveryConfig {
     /// WEBHOOK_PROXY: requests go through this HTTP(S) proxy; without it the environment's
     /// proxy variables are ignored (a proxy would resolve the target, not the guard).
     pub proxy: Option<url::Url>,
+    pub group_commit: GroupCommit,
+}
+
+/// How far one subscriber's deliveries may run ahead of their journal entries
+/// (WEBHOOK_GROUP_COMMIT_MS, WEBHOOK_GROUP_COMMIT_ENTRIES): before sending, a worker waits
+/// for its oldest unjournaled entry once `entries` are waiting or the oldest has waited
+/// `window`. What a crash can make it deliver again is at most those `entries`.
+#[derive(Copy, Clone, Debug)]
+pub struct GroupCommit {
+    pub window: Duration,
+    pub entries: usize,
+}
+
+impl GroupCommit {
+    /// No window: each delivery waits for its journal entry before the next is sent.
+    pub const NONE: GroupCommit = GroupCommit {
+        window: Duration::ZERO,
+        entries: 1,
+    };
 }

@@ -1,14 +1,19 @@
 //! The delivery journal's writer: the entries of all workers of this process are
-//! group-committed, one transaction per batch; each worker waits for its own entry (and
-//! the cursor state it leads to) before its next request.
+//! group-committed, one transaction per batch, in the order they were submitted. A
+//! worker's [`Window`] lets it send its next request while its previous entries wait for
+//! their batch, up to its [`GroupCommit`] limits: since one subscriber's entries commit in
+//! order, its cursor only ever moves to a position whose earlier deliveries are journaled.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Executor, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::GroupCommit;
 use crate::projections::cursors::{self, CursorState, Entry};
 
 /// One journal entry waiting for its batch, and where its resulting state goes.
@@ -62,13 +67,98 @@ impl Recorder {
         Recorder { tx }
     }
 
-    pub async fn record(&self, id: Uuid, entry: Entry) -> Result<CursorState, JournalError> {
+    /// Hands `entry` to the writer; the ticket yields its state once its batch committed.
+    pub async fn submit(&self, id: Uuid, entry: Entry) -> Result<Ticket, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((id, entry, reply))
             .await
             .map_err(|_| JournalError::Stopped)?;
-        answer.await.map_err(|_| JournalError::Stopped)?
+        Ok(Ticket(answer))
+    }
+
+    /// Journals `entry` and waits for its batch.
+    pub async fn record(&self, id: Uuid, entry: Entry) -> Result<CursorState, JournalError> {
+        self.submit(id, entry).await?.wait().await
+    }
+}
+
+/// A submitted journal entry.
+pub struct Ticket(oneshot::Receiver<Result<CursorState, JournalError>>);
+
+impl Ticket {
+    pub async fn wait(self) -> Result<CursorState, JournalError> {
+        self.0.await.map_err(|_| JournalError::Stopped)?
+    }
+}
+
+/// One subscriber's journal entries submitted and not yet seen committed, oldest first.
+pub struct Window {
+    recorder: Recorder,
+    id: Uuid,
+    limits: GroupCommit,
+    waiting: VecDeque<(Instant, Ticket)>,
+}
+
+impl Window {
+    pub fn new(recorder: Recorder, id: Uuid, limits: GroupCommit) -> Window {
+        Window {
+            recorder,
+            id,
+            limits,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Journals `entry` without waiting for its batch.
+    pub async fn push(&mut self, entry: Entry) -> Result<(), JournalError> {
+        let ticket = self.recorder.submit(self.id, entry).await?;
+        self.waiting.push_back((Instant::now(), ticket));
+        Ok(())
+    }
+
+    /// Waits until one more delivery may be sent ahead of the journal: fewer than
+    /// `entries` waiting, the oldest for less than `window`. Entries already committed are
+    /// taken without waiting. The state after the last entry seen committed, if any.
+    pub async fn room(&mut self) -> Result<Option<CursorState>, JournalError> {
+        let mut last = None;
+        let limits = self.limits;
+        loop {
+            let full = self.waiting.len() >= limits.entries;
+            let Some((at, ticket)) = self.waiting.front_mut() else {
+                break;
+            };
+            let state = if full || at.elapsed() >= limits.window {
+                let (_, ticket) = self.waiting.pop_front().expect("a front");
+                ticket.wait().await?
+            } else {
+                match ticket.0.try_recv() {
+                    Ok(state) => {
+                        self.waiting.pop_front();
+                        state?
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(JournalError::Stopped),
+                }
+            };
+            last = Some(state);
+        }
+        Ok(last)
+    }
+
+    /// Waits for every submitted entry; the state after the last, if there was one.
+    pub async fn drain(&mut self) -> Result<Option<CursorState>, JournalError> {
+        let mut last = None;
+        while let Some((_, ticket)) = self.waiting.pop_front() {
+            last = Some(ticket.wait().await?);
+        }
+        Ok(last)
+    }
+
+    /// Journals `entry` and waits for it and every entry before it.
+    pub async fn record(&mut self, entry: Entry) -> Result<CursorState, JournalError> {
+        self.push(entry).await?;
+        Ok(self.drain().await?.expect("the entry just pushed"))
     }
 }
 
