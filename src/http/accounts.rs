@@ -24,7 +24,7 @@ use crate::unit_of_work::{Decided, RecordError};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
-    /// 1 to 200 characters (surrounding white space trimmed).
+    /// 1 to 200 characters, not all white space (which is trimmed off).
     #[schema(min_length = 1, max_length = 200)]
     label: String,
     /// Defaults to CREDIT_CONFIRMATIONS; at most FINAL_CONFIRMATIONS.
@@ -76,8 +76,10 @@ pub async fn create_account(
     State(s): State<AppState>,
     Json(body): Json<NewAccount>,
 ) -> Result<(StatusCode, axum::Json<Account>), ApiError> {
+    // At most 200 characters as sent (the document's maxLength), and not blank once
+    // trimmed.
     let label = body.label.trim().to_string();
-    if label.is_empty() || label.chars().count() > 200 {
+    if label.is_empty() || body.label.chars().count() > 200 {
         return Err(ApiError::invalid_field(
             "label",
             "must be 1 to 200 characters",
