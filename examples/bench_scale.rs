@@ -176,13 +176,12 @@ async fn fill(url: &str, scripts: u64, per_account: u64) -> anyhow::Result<f64> 
             }
             let _ = writeln!(line, "\t{}", i + 1);
             chunk.extend_from_slice(line.as_bytes());
-            if chunk.len() >= 1 << 20 {
-                if tx
+            if chunk.len() >= 1 << 20
+                && tx
                     .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(1 << 20)))
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
         let _ = tx.blocking_send(chunk);
@@ -302,7 +301,7 @@ impl Fan {
 }
 
 fn types(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         ""
     } else {
         "&types=account.*"
