@@ -77,14 +77,16 @@ impl Observation for BlockObservation<'_> {
 
     async fn load(&mut self, conn: &mut PgConnection) -> Result<Loaded, RecordError> {
         self.watches.refresh(conn).await?;
-        let mut found = Vec::with_capacity(self.connect.len());
+        let mut candidates = Vec::with_capacity(self.connect.len());
         for (_, block) in &self.connect {
             let mut in_block = Vec::new();
             for t in &block.txdata {
                 self.watches.scan(t, &mut in_block);
             }
-            found.push(in_block);
+            candidates.push(in_block);
         }
+        // Whose the candidates are, compared by full script: only what the blocks pay.
+        let found = Watches::resolve(conn, candidates).await?;
         let all_found: Vec<FoundOutput> = found.iter().flatten().cloned().collect();
         let txs: Vec<&bitcoin::Transaction> =
             self.connect.iter().flat_map(|(_, b)| &b.txdata).collect();

@@ -480,6 +480,11 @@ async fn record(
     unit_of_work: &UnitOfWork,
     observation: BlockObservation<'_>,
 ) -> anyhow::Result<Recorded<NewTip>> {
+    // Outside the log lock: a first load of millions of scripts takes seconds, which the
+    // lock would hold up the lease's renewal for; under it, only what was watched since.
+    let mut conn = unit_of_work.pool().acquire().await?;
+    observation.watches.refresh(&mut conn).await?;
+    drop(conn);
     let recorded = unit_of_work
         .record(observation)
         .await

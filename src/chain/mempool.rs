@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use super::mempool_index::MempoolIndex;
 use super::node::Node;
 use super::outgoing;
-use super::watches::Watches;
+use super::watches::{Added, Watches};
 use crate::domain::ledger::{FoundOutput, Key, Ledger, LedgerState};
 use crate::domain::tracked::Withdrawal;
 use crate::projections::read;
@@ -62,7 +62,7 @@ impl MempoolWatcher {
         let mempool = cx.node.raw_mempool().await?;
         let current: HashSet<Txid> = mempool.iter().copied().collect();
         self.index.retain(|t| current.contains(t));
-        let mut fetch = self.index.paying(&cx.watches.take_added());
+        let mut fetch = self.paying_added(cx.watches);
         fetch.extend(mempool.into_iter().filter(|t| !self.index.contains(t)));
         let fetched = cx.node.mempool_transactions(&fetch).await?;
         let txs: Vec<Transaction> = fetched.into_iter().flatten().collect();
@@ -85,7 +85,7 @@ impl MempoolWatcher {
             .collect();
         let mut txs = fresh;
         // Scripts watched since the last poll: the index may hold payments to them.
-        let again = self.index.paying(&cx.watches.take_added());
+        let again = self.paying_added(cx.watches);
         txs.extend(
             cx.node
                 .mempool_transactions(&again)
@@ -95,6 +95,14 @@ impl MempoolWatcher {
         );
         let unconfirmed = read::unconfirmed(pool).await?;
         self.observe(cx, txs, unconfirmed, Vec::new()).await
+    }
+
+    /// The indexed transactions that may pay the scripts watched since the last call.
+    fn paying_added(&self, watches: &mut Watches) -> Vec<Txid> {
+        match watches.take_added() {
+            Added::Keys(keys) => self.index.paying(&keys),
+            Added::All => self.index.paying_where(|k| watches.contains_key(*k)),
+        }
     }
 
     /// Unconfirmed deposits and withdrawals missing from the mempool for the grace period.
@@ -135,12 +143,19 @@ impl MempoolWatcher {
         unconfirmed: Vec<(Key, Vec<OutPoint>)>,
         dropped: Vec<Key>,
     ) -> anyhow::Result<()> {
-        let mut found = Vec::new();
+        let mut candidates = Vec::new();
         for tx in &txs {
             self.index.insert(tx);
-            cx.watches.scan(tx, &mut found);
+            cx.watches.scan(tx, &mut candidates);
         }
         let pool = cx.unit_of_work.pool();
+        let found = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            let mut conn = pool.acquire().await?;
+            let mut found = Watches::resolve(&mut conn, vec![candidates]).await?;
+            found.pop().unwrap_or_default()
+        };
         let tracked_inputs: HashSet<OutPoint> = unconfirmed
             .into_iter()
             .flat_map(|(_, inputs)| inputs)

@@ -138,6 +138,16 @@ impl MempoolIndex {
         self.matching(Entry::outputs, scripts)
     }
 
+    /// The indexed transactions with an output whose script key satisfies `hit` (matching
+    /// the whole watch set, after a first load).
+    pub fn paying_where(&self, hit: impl Fn(&u64) -> bool) -> Vec<Txid> {
+        self.txs
+            .iter()
+            .filter(|(_, e)| e.outputs().iter().any(&hit))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
     /// The indexed transactions spending an outpoint whose key is one of `outpoints`'.
     pub fn spending(&self, outpoints: &[u64]) -> Vec<Txid> {
         self.matching(Entry::inputs, outpoints)

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,6 +23,7 @@ use super::reads::{Reader, Source};
 use super::AppState;
 use crate::domain::filter::TypeFilter;
 use crate::domain::stream::Position;
+use crate::store::notify::{Batch, Follow, Next};
 use crate::store::{self, StoredEvent};
 
 const PAGE: i64 = 500;
@@ -58,7 +60,6 @@ pub fn access_token(req: &axum::extract::Request) -> Option<String> {
 /// type).
 pub(super) async fn read_from(
     s: &AppState,
-    source: &Source,
     field: &str,
     after: i64,
     types: Option<&str>,
@@ -71,16 +72,16 @@ pub(super) async fn read_from(
     }
     let filter = TypeFilter::parse(types)
         .map_err(|m| ApiError::bad_request("invalid_types", format!("types: {m}")))?;
-    // The primary decides only when the reading server has not reached `after`: a
-    // replica may trail what the client saw.
-    if after > source.known_head().0 {
-        let head = store::head(&s.pool).await?.0;
-        if after > head {
-            return Err(ApiError::bad_request(
-                "invalid_after",
-                format!("{field}: {after} is beyond the head {head}"),
-            ));
-        }
+    // Up to the head heard of, `after` is a position the log has; past it, ask the log.
+    let head = match s.log.head().0 {
+        known if after <= known => known,
+        _ => store::head(&s.pool).await?.0,
+    };
+    if after > head {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            format!("{field}: {after} is beyond the head {head}"),
+        ));
     }
     Ok(filter.map(|f| f.expand()))
 }
@@ -114,17 +115,12 @@ pub async fn stream(
         Some(id) => ("Last-Event-ID", id),
         None => ("after", q.after.unwrap_or(0)),
     };
-    let types = read_from(&s, &source, field, after, q.types.as_deref()).await?;
+    let types = read_from(&s, field, after, q.types.as_deref()).await?;
 
-    struct Tail {
-        s: AppState,
-        /// The server read (and waited on) from.
-        source: Source,
-        cursor: Position,
-        types: Option<Vec<String>>,
-        pending: VecDeque<StoredEvent>,
-        sent: bool,
-    }
+    // Subscribed before any read of its own, so no shared batch sent meanwhile is missed;
+    // a cursor at the shared tail's position needs no read at all.
+    let (follow, shared) = s.log.follow();
+    let behind = Position(after) < shared;
     let tail = Tail {
         s,
         source,
@@ -132,15 +128,24 @@ pub async fn stream(
         types,
         pending: VecDeque::new(),
         sent: false,
+        follow,
+        behind,
     };
     let events = futures::stream::unfold(tail, |mut t| async move {
         loop {
             if *t.s.shutdown.borrow() {
                 return None;
             }
-            if let Some(e) = t.pending.pop_front() {
-                let data = serde_json::to_string(&e).expect("an event serialises");
-                let mut msg = Event::default().id(e.position.to_string()).data(data);
+            if let Some(p) = t.pending.pop_front() {
+                let mut msg = match &p {
+                    Pending::Read(e) => Event::default()
+                        .id(e.position.to_string())
+                        .data(serde_json::to_string(e).expect("an event serialises")),
+                    // Serialised once by the shared tail, for every stream.
+                    Pending::Shared(b, i) => Event::default()
+                        .id(b.events[*i].position.to_string())
+                        .data(&b.json[*i]),
+                };
                 if !t.sent {
                     // Tells EventSource to reconnect after 1 s rather than its default 3 s.
                     msg = msg.retry(RECONNECT);
@@ -148,31 +153,96 @@ pub async fn stream(
                 }
                 return Some((Ok(msg), t));
             }
-            // The head before the read: nothing up to it that matches is left unread.
-            match t.source.page(t.cursor, PAGE, t.types.as_deref()).await {
-                Ok((_, page)) if !page.is_empty() => {
-                    t.cursor = page.last().expect("non-empty").position;
-                    t.pending.extend(page);
-                }
-                Ok((head, _)) => {
-                    t.cursor = t.cursor.max(head);
-                    if !t.source.from_replica() {
-                        // Back to the replica once it answers again (after a fail-over).
-                        t.source = t.s.read_pool.current();
-                    }
-                    let mut shutdown = t.s.shutdown.clone();
-                    tokio::select! {
-                        // The server read here passing the cursor (a replica trails the NOTIFY).
-                        _ = t.source.wait_past(t.cursor, KEEP_ALIVE) => {}
-                        _ = shutdown.wait_for(|s| *s) => {}
-                    }
-                }
-                Err(e) => {
+            if t.behind {
+                if let Err(e) = t.read().await {
                     tracing::warn!(error = %e, "SSE stream cannot read the log; closing");
                     return None;
                 }
+                continue;
+            }
+            let mut shutdown = t.s.shutdown.clone();
+            let next = tokio::select! {
+                next = t.follow.next(t.cursor, KEEP_ALIVE) => Some(next),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            if let Some(next) = next {
+                t.take(next).await;
             }
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// An SSE message to send: an event this stream read itself, or one of a shared batch.
+enum Pending {
+    Read(StoredEvent),
+    Shared(Arc<Batch>, usize),
+}
+
+struct Tail {
+    s: AppState,
+    /// The server this stream reads (and waits on) when it reads for itself.
+    source: Source,
+    /// Every event up to here was queued or filtered out.
+    cursor: Position,
+    types: Option<Vec<String>>,
+    pending: VecDeque<Pending>,
+    sent: bool,
+    follow: Follow,
+    /// Reads the log for itself until it reaches the head (at the start, and when the
+    /// shared tail cannot serve its cursor).
+    behind: bool,
+}
+
+impl Tail {
+    /// One page of the log for this stream alone; at the head, back to the shared tail.
+    async fn read(&mut self) -> Result<(), sqlx::Error> {
+        // The head before the read, on the same server: nothing up to it that matches is
+        // left unread.
+        let (head, page) = self
+            .source
+            .page(self.cursor, PAGE, self.types.as_deref())
+            .await?;
+        match page.last() {
+            Some(last) => {
+                self.cursor = last.position;
+                self.pending.extend(page.into_iter().map(Pending::Read));
+            }
+            None => {
+                self.cursor = self.cursor.max(head);
+                if !self.source.from_replica() {
+                    // Back to the replica once it answers again (after a fail-over).
+                    self.source = self.s.read_pool.current();
+                }
+                if self.s.log.head() > self.cursor {
+                    // This server trails what the primary announced (a replica): wait
+                    // for it rather than skip to the shared tail.
+                    self.source.wait_past(self.cursor, KEEP_ALIVE).await;
+                } else {
+                    self.behind = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the shared tail gave.
+    async fn take(&mut self, next: Next) {
+        match next {
+            Next::Batch(b) => {
+                let matching: Vec<usize> = b.matching(self.cursor, self.types.as_deref()).collect();
+                self.pending
+                    .extend(matching.into_iter().map(|i| Pending::Shared(b.clone(), i)));
+                self.cursor = b.to;
+            }
+            Next::Behind => self.behind = true,
+            // Idle: only a head heard of but not broadcast (the tail busy or failing)
+            // makes it read for itself.
+            Next::Timeout => self.behind = self.s.log.head() > self.cursor,
+            Next::Closed => {
+                self.source.wait_past(self.cursor, KEEP_ALIVE).await;
+                self.behind = true;
+            }
+        }
+    }
 }
