@@ -9,11 +9,9 @@
 //! the stored tail and the node's hashes (reading further back until it is found), then
 //! the stored blocks above it are disconnected and the new branch connected up to one
 //! block past the old tip, all in one observation. Every RPC happens before the
-//! observation takes the log lock.
-//!
-//! Only one instance follows the chain: the holder of the leader lease
-//! ([`crate::leadership`]); its unit of work is fenced by the lease's epoch, so once
-//! another instance took over, this one's appends fail and it steps down.
+//! observation takes the log lock. Only one instance follows the chain: the holder of the
+//! leader lease ([`crate::leadership`]); its unit of work is fenced by the lease's epoch,
+//! so once another instance took over, this one's appends fail and it steps down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
