@@ -577,3 +577,82 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_old_one_expires() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// The README's receiver check: a delivery whose `chainledger-previous-position` is not the
+/// last position the receiver accepted means it missed one.
+fn receiver_check(got: &[common::receiver::Received]) -> Result<(), String> {
+    let mut last = 0;
+    for g in got.iter().filter(|g| g.answered == 200) {
+        if g.previous != Some(last) && g.position > last {
+            return Err(format!(
+                "{} says {:?} came before, we have {last}",
+                g.position, g.previous
+            ));
+        }
+        last = last.max(g.position);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivery_names_the_one_before_it_through_failures_filters_and_replays() {
+    let (_node, svc) = node_and_service().await;
+    let r = Receiver::start().await;
+    // A filter (account.created only), so positions skip: `previous` is the previous one
+    // *delivered*, not position - 1. Two failures first: a retry repeats its `previous`.
+    r.fail_first(2, 0);
+    let (id, _) = svc
+        .subscribe(
+            &r.url,
+            json!({"types": ["account.created"], "start": "beginning"}),
+        )
+        .await;
+    let head = svc.make_events(6).await;
+    eventually(Duration::from_secs(30), || async {
+        (r.delivered().last() == Some(&head)).then_some(())
+    })
+    .await;
+    let got = r.received();
+    let delivered: Vec<(i64, Option<i64>)> = got
+        .iter()
+        .filter(|g| g.answered == 200)
+        .map(|g| (g.position, g.previous))
+        .collect();
+    let mut before = 0;
+    for (position, previous) in &delivered {
+        assert_eq!(*previous, Some(before), "{delivered:?}");
+        before = *position;
+    }
+    assert!(got
+        .iter()
+        .filter(|g| g.answered != 200)
+        .all(|g| g.previous == Some(0)));
+    receiver_check(&got).expect("nothing missed");
+
+    // A replay from the third delivered event: its `previous` is the second's.
+    caught_up(&svc, &id, head).await;
+    let third = delivered[2].0;
+    let (status, _) = svc
+        .post(
+            &format!("/v1/subscribers/{id}/replay"),
+            json!({"from_position": third}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let first_again = eventually(Duration::from_secs(20), || async {
+        r.received()
+            .into_iter()
+            .skip(got.len())
+            .find(|g| g.answered == 200)
+    })
+    .await;
+    assert_eq!(
+        (first_again.position, first_again.previous),
+        (third, Some(delivered[1].0))
+    );
+
+    // A receiver that lost a delivery finds out.
+    let mut lost = got.clone();
+    lost.retain(|g| g.position != delivered[3].0);
+    assert!(receiver_check(&lost).is_err());
+}

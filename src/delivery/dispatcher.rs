@@ -176,8 +176,10 @@ impl Dispatcher {
                 return Ok(());
             }
             let epoch = state.epoch;
-            // Where the deliveries sent (journaled or not) have got to.
+            // Where the deliveries sent (journaled or not) have got to, and the last one
+            // delivered (every request carries it: a receiver proves it missed nothing).
             let mut from = state.cursor;
+            let mut previous = last_delivered(&self.pool, id, state.cursor).await?;
             let mut failures = state.failures;
             loop {
                 // The head first: an empty read then proves nothing up to it matches.
@@ -218,7 +220,7 @@ impl Dispatcher {
                     }
                     let entry = self
                         .transport
-                        .send(&sub, event, message, epoch, failures + 1)
+                        .send(&sub, event, message, epoch, failures + 1, previous)
                         .await;
                     let failed = !matches!(
                         entry,
@@ -228,6 +230,9 @@ impl Dispatcher {
                         }
                     );
                     window.push(entry).await?;
+                    if !failed {
+                        previous = event.position.0;
+                    }
                     delivered += 1;
                     from = event.position.0;
                     failures = 0;
@@ -311,6 +316,23 @@ async fn catch_up(pool: &PgPool, idle: &[(Uuid, Entry)]) -> Result<(), sqlx::Err
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// The position of the last event delivered to `id` at or below `cursor` (0: none): after
+/// a replay to below it, the one delivered before the replayed ones. Read backwards from
+/// the newest journal entry, so it costs a few index rows, not the subscriber's history.
+async fn last_delivered(pool: &PgPool, id: Uuid, cursor: i64) -> Result<i64, sqlx::Error> {
+    let p = sqlx::query_scalar!(
+        r#"SELECT position AS "position!" FROM delivery_attempts
+           WHERE subscriber_id = $1 AND kind = 'attempt' AND outcome = 'delivered'
+             AND position <= $2
+           ORDER BY n DESC LIMIT 1"#,
+        id,
+        cursor
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(p.unwrap_or(0))
 }
 
 pub async fn load_state(pool: &PgPool, id: Uuid) -> Result<CursorState, sqlx::Error> {

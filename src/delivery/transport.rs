@@ -61,10 +61,11 @@ impl Transport {
         message: Message,
         epoch: i32,
         attempt: i32,
+        previous: i64,
     ) -> Entry {
         let started = Instant::now();
         let (status_code, error, outcome, retry_after) = match &sub.target {
-            Target::Url(url) => self.post(sub, url, event, message).await,
+            Target::Url(url) => self.post(sub, url, event, message, previous).await,
             Target::Command(_) if !self.cfg.script_handlers => {
                 let e = "refused: script handlers are disabled (SCRIPT_HANDLERS)".to_string();
                 (None, Some(e), Outcome::Failed, None)
@@ -112,6 +113,7 @@ impl Transport {
         url: &str,
         event: &StoredEvent,
         message: Message,
+        previous: i64,
     ) -> HttpOutcome {
         let url = match self.checked_target(url).await {
             Ok(url) => url,
@@ -124,7 +126,9 @@ impl Transport {
             .header(
                 USER_AGENT,
                 concat!("chainledger/", env!("CARGO_PKG_VERSION")),
-            );
+            )
+            // The event delivered to this subscriber before this one (0: none yet).
+            .header("chainledger-previous-position", previous.to_string());
         if message.signed {
             let msg_id = event.id.to_string();
             let now = Utc::now().timestamp();

@@ -33,6 +33,8 @@ pub struct Received {
     pub signature: String,
     pub body: Vec<u8>,
     pub position: i64,
+    /// `chainledger-previous-position`: the event delivered before this one.
+    pub previous: Option<i64>,
     pub answered: u16,
     pub at: Instant,
 }
@@ -165,6 +167,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         signature: header("webhook-signature"),
         body: body.to_vec(),
         position,
+        previous: header("chainledger-previous-position").parse().ok(),
         answered,
         at: Instant::now(),
     });
