@@ -5,35 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::{get, post};
+use common::chromium::{chromium, Browser};
 use common::*;
-
-fn chromium() -> &'static str {
-    for bin in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return bin;
-        }
-    }
-    panic!("no Chromium on PATH: run tools/install-deps");
-}
-
-struct Browser(Child, std::path::PathBuf);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_event_source_receives_and_resumes_across_a_restart() {

@@ -6,38 +6,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
+use common::chromium::{chromium, Browser};
 use common::receiver::Receiver;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-fn chromium() -> &'static str {
-    for bin in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return bin;
-        }
-    }
-    panic!("no Chromium on PATH: run tools/install-deps");
-}
-
-struct Browser(Child, std::path::PathBuf);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

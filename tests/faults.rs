@@ -16,32 +16,6 @@ use serde_json::{json, Value};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
-/// The receiver got every position of the log up to `head` in order: each once, but for
-/// a redelivery of the one in flight at a fault (with the same webhook-id).
-fn assert_delivered_in_order_without_gap(r: &Receiver, head: i64) {
-    let got = r.received();
-    let delivered: Vec<&common::receiver::Received> =
-        got.iter().filter(|g| g.answered == 200).collect();
-    let positions: Vec<i64> = delivered.iter().map(|g| g.position).collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] <= w[1]),
-        "in order: {positions:?}"
-    );
-    let mut distinct = positions.clone();
-    distinct.dedup();
-    assert_eq!(
-        distinct,
-        (1..=head).collect::<Vec<_>>(),
-        "every event, no gap"
-    );
-    for w in delivered
-        .windows(2)
-        .filter(|w| w[0].position == w[1].position)
-    {
-        assert_eq!(w[0].id, w[1].id, "a redelivery keeps its webhook-id");
-    }
-}
-
 /// Positions 1..=n and `block.connected` once for every height from the first to the last.
 fn assert_log_gapless_every_height_once(events: &[Value]) {
     let positions: Vec<i64> = events
@@ -106,7 +80,8 @@ async fn assert_recovered(
         (r.delivered().last() == Some(&head)).then_some(())
     })
     .await;
-    assert_delivered_in_order_without_gap(r, head);
+    // Each once but for redeliveries of what was in flight at a fault (same webhook-id).
+    common::receiver::assert_every_event_in_order(&r.received(), head, usize::MAX);
     assert_log_gapless_every_height_once(&svc.all_events().await);
     assert_eq!(
         svc.balance(account).await,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod faults;
 pub mod process;
 pub mod receiver;
