@@ -130,8 +130,17 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
 
     let delivery = cfg.delivery();
     let wake = Arc::new(Notify::new());
-    let dispatcher = Dispatcher::new(pool.clone(), log.clone(), delivery.clone(), wake.clone())
-        .context("failed to set up webhook delivery")?;
+    let transport = Arc::new(
+        crate::delivery::transport::Transport::new(delivery.clone())
+            .context("failed to set up webhook delivery")?,
+    );
+    let dispatcher = Dispatcher::new(
+        log.clone(),
+        &delivery,
+        unit_of_work.clone(),
+        transport.clone(),
+        wake.clone(),
+    );
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
     let gauges_task = tokio::spawn(crate::gauges::run(pool.clone(), stopped.clone()));
 
@@ -161,6 +170,7 @@ async fn start_checked(cfg: Config) -> anyhow::Result<Running> {
         zmq_mode: cfg.bitcoind_zmq,
         webhook_guard: delivery.guard,
         wake_delivery: wake,
+        transport,
         shutdown: stopped.clone(),
         cors_allow_origins: cfg.cors_allow_origins.clone(),
         script_handlers: cfg.script_handlers,

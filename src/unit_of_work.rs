@@ -160,36 +160,48 @@ impl UnitOfWork {
     /// Records one observation in one transaction (see the module documentation).
     pub async fn record<O: Observation>(
         &self,
-        mut observation: O,
+        observation: O,
     ) -> Result<Recorded<O::Outcome>, RecordError> {
         let mut tx = self.pool.begin().await?;
+        let recorded = self.record_in(&mut tx, observation).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Records one observation inside the caller's transaction, which commits it (with
+    /// what else the caller wrote: the delivery journal's change an operational event
+    /// reports). The log stays locked until that commit.
+    pub async fn record_in<O: Observation>(
+        &self,
+        tx: &mut PgConnection,
+        mut observation: O,
+    ) -> Result<Recorded<O::Outcome>, RecordError> {
         sqlx::query(&format!(
             "SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
         ))
         .execute(&mut *tx)
         .await?;
-        store::lock(&mut tx).await?;
+        store::lock(&mut *tx).await?;
         if let Some(fence) = &self.fence {
-            if !fence.check(&mut tx).await? {
+            if !fence.check(&mut *tx).await? {
                 return Err(RecordError::Fenced(fence.epoch));
             }
         }
-        let state = observation.load(&mut tx).await?;
+        let state = observation.load(&mut *tx).await?;
         let Decision {
             mut events,
             mut outcome,
         } = observation.decide(state)?;
-        let window = look_ahead(&mut tx, &events, self.network).await?;
+        let window = look_ahead(&mut *tx, &events, self.network).await?;
         events.extend(window);
-        let stored = store::append(&mut tx, &events).await?;
+        let stored = store::append(&mut *tx, &events).await?;
         let folded: Vec<EventAt<'_>> = stored
             .iter()
             .zip(&events)
             .map(|(s, e)| s.at(&e.event))
             .collect();
-        projections::apply(&mut tx, &folded).await?;
-        O::after_append(&mut outcome, &mut tx, &stored).await?;
-        tx.commit().await?;
+        projections::apply(&mut *tx, &folded).await?;
+        O::after_append(&mut outcome, &mut *tx, &stored).await?;
         Ok(Recorded {
             events: stored,
             outcome,

@@ -162,6 +162,18 @@ async fn the_dashboard_shows_live_data_refuses_a_wrong_token_and_acts_on_the_ser
         (receiver.delivered().last() == Some(&head)).then_some(())
     })
     .await;
+    // A subscriber whose receiver fails until its retries are spent: disabled, and a
+    // `subscriber.disabled` event the page shows.
+    let failing = Receiver::start().await;
+    failing.set_mode(common::receiver::Mode::Status(500, None));
+    let (sick, _) = svc
+        .subscribe(&failing.url, json!({"start": "beginning"}))
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        let (_, s) = svc.get(&format!("/v1/subscribers/{sick}")).await;
+        (s["status"] == "disabled").then_some(())
+    })
+    .await;
 
     let (_browser, port) = start_browser();
     let mut page = Page::open(port).await;
@@ -231,6 +243,22 @@ async fn the_dashboard_shows_live_data_refuses_a_wrong_token_and_acts_on_the_ser
         (receiver.delivered().len() > deliveries).then_some(())
     })
     .await;
+    // Redeliver one event from the deliveries list.
+    let redelivered = |r: &Receiver| r.delivered().iter().filter(|p| **p == head).count();
+    let before = redelivered(&receiver);
+    let button = format!("#delivery-rows button[data-redeliver=\"{head}\"]");
+    page.until(&format!("!!document.querySelector('{button}')"))
+        .await;
+    page.eval(&format!("document.querySelector('{button}').click(), true"))
+        .await;
+    page.until(&format!(
+        "document.getElementById('subscriber-message').textContent === 'redeliver {head}: delivered (HTTP 200)'"
+    ))
+    .await;
+    assert_eq!(redelivered(&receiver), before + 1);
+    page.until("[...document.querySelectorAll('#delivery-rows tr')].some((tr) => tr.children[1].textContent === 'redelivery')")
+        .await;
+
     page.eval("window.confirm = () => true, true").await;
     page.eval(&click("rotate")).await;
     page.until("document.getElementById('subscriber-message').textContent.startsWith('new secret (shown once): whsec_')")
@@ -238,9 +266,25 @@ async fn the_dashboard_shows_live_data_refuses_a_wrong_token_and_acts_on_the_ser
     page.eval(&click("delete")).await;
     eventually(Duration::from_secs(10), || async {
         let (_, list) = svc.get("/v1/subscribers").await;
-        list["subscribers"].as_array()?.is_empty().then_some(())
+        let left = list["subscribers"].as_array()?;
+        (left.len() == 1 && left[0]["id"] == sick.as_str()).then_some(())
     })
     .await;
+
+    // The disabled subscriber: its operational event.
+    page.until(&format!(
+        "!!document.querySelector('#subscriber-rows tr[data-id=\"{sick}\"]')"
+    ))
+    .await;
+    page.eval(&format!(
+        "document.querySelector('#subscriber-rows tr[data-id=\"{sick}\"]').click(), true"
+    ))
+    .await;
+    page.until(
+        "!!document.querySelector('#operational-rows tr[data-type=\"subscriber.disabled\"]')",
+    )
+    .await;
+    page.screenshot("subscriber-disabled").await;
 
     // Accounts: balances, then one account's addresses and deposits.
     page.eval(&click_tab("accounts")).await;

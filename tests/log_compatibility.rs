@@ -60,7 +60,13 @@ async fn a_v1_log_still_verifies_and_every_event_reads_back_as_the_json_stored()
     }
     kinds.sort();
     kinds.dedup();
-    assert_eq!(kinds, EventType::ALL, "the fixture has every type");
+    // Every type of v1's catalogue; the operational `subscriber.*` ones came after it.
+    let v1: Vec<EventType> = EventType::ALL
+        .iter()
+        .copied()
+        .filter(|t| !t.is_operational())
+        .collect();
+    assert_eq!(kinds, v1, "the fixture has every v1 type");
 }
 
 #[tokio::test]

@@ -140,3 +140,30 @@ async fn the_stream_applies_the_type_filter_and_refuses_bad_input() {
     assert_eq!(resp.status(), 401, "only the stream takes a query token");
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_names_the_one_sent_before_it() {
+    let (_node, svc) = node_and_service().await;
+    let start = svc.make_events(2).await;
+    // From the middle, filtered: the first names where the client resumed, each later
+    // one the message before it, across the read-for-itself and shared-tail paths.
+    let mut stream = open(&svc, &format!("?after={}&types=account.*", start - 1), None).await;
+    let mut prev = start - 1;
+    let (id, data) = next(&mut stream).await;
+    assert_eq!(data["prev"], prev, "{data}");
+    prev = id;
+    svc.make_events(3).await;
+    for _ in 0..3 {
+        let (id, data) = next(&mut stream).await;
+        assert_eq!(data["prev"], prev, "{data}");
+        prev = id;
+    }
+    let mut resumed = open(&svc, "", Some(&prev.to_string())).await;
+    svc.make_events(1).await;
+    let (_, data) = next(&mut resumed).await;
+    assert_eq!(
+        data["prev"], prev,
+        "Last-Event-ID is the first message's prev"
+    );
+    svc.stop().await;
+}

@@ -312,6 +312,19 @@ pub async fn serve_api(pool: &PgPool) -> anyhow::Result<std::net::SocketAddr> {
         zmq_mode: chainledger::chain::zmq::ZmqMode::Off,
         webhook_guard: Arc::default(),
         wake_delivery: Arc::default(),
+        transport: Arc::new(chainledger::delivery::transport::Transport::new(
+            chainledger::delivery::DeliveryConfig {
+                schedule: chainledger::delivery::Schedule::parse("0s")
+                    .map_err(anyhow::Error::msg)?,
+                timeout: std::time::Duration::from_secs(10),
+                workers: 1,
+                guard: Arc::default(),
+                script_handlers: false,
+                credit_confirmations: 3,
+                proxy: None,
+                group_commit: chainledger::delivery::GroupCommit::NONE,
+            },
+        )?),
         shutdown: never_stop.subscribe(),
         cors_allow_origins: Vec::new(),
         wake_rescans: Arc::default(),

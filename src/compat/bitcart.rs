@@ -95,7 +95,8 @@ pub fn updates_of(event: &Event, stream_version: i32) -> Vec<Value> {
         | Subject::Withdrawal(_, Confirmed | Credited | CreditReversed | Final)
         | Subject::Withdrawal(_, Reorged(_) | Dropped | Replaced(_))
         | Subject::Account(_)
-        | Subject::BlockDisconnected(_) => Vec::new(),
+        | Subject::BlockDisconnected(_)
+        | Subject::Subscriber(_) => Vec::new(),
     }
 }
 

@@ -69,7 +69,8 @@ pub fn txupdate(event: &Event, credit_confirmations: u32) -> Option<TxUpdate> {
         | Subject::Withdrawal(_, Credited | CreditReversed | Final | Dropped | Replaced(_))
         | Subject::Account(_)
         | Subject::Block(_)
-        | Subject::BlockDisconnected(_) => None,
+        | Subject::BlockDisconnected(_)
+        | Subject::Subscriber(_) => None,
     }
 }
 

@@ -45,7 +45,8 @@ pub fn notifies(event: &Event, stream_version: i32, max_confirms: u32) -> bool {
         | Subject::Withdrawal(..)
         | Subject::Account(_)
         | Subject::Block(_)
-        | Subject::BlockDisconnected(_) => false,
+        | Subject::BlockDisconnected(_)
+        | Subject::Subscriber(_) => false,
     }
 }
 

@@ -21,6 +21,7 @@ use super::{DeliveryConfig, GroupCommit};
 use crate::domain::stream::Position;
 use crate::projections::cursors::{self, CursorState, Entry, Outcome};
 use crate::store::{self, notify::LogWatch};
+use crate::unit_of_work::UnitOfWork;
 
 /// Deliveries a worker makes before yielding its slot to other subscribers.
 const YIELD_AFTER: usize = 500;
@@ -35,31 +36,34 @@ pub struct Dispatcher {
     log: LogWatch,
     workers: usize,
     credit_confirmations: u32,
-    transport: Transport,
+    transport: Arc<Transport>,
     recorder: Recorder,
     group_commit: GroupCommit,
     wake: Arc<Notify>,
 }
 
 impl Dispatcher {
-    /// `wake` is notified by API commands (create, replay, enable, delete).
+    /// `wake` is notified by API commands (create, replay, enable, delete); `uow`
+    /// records the operational events of the journal's changes; `transport` is shared
+    /// with the API's redeliveries.
     pub fn new(
-        pool: PgPool,
         log: LogWatch,
-        cfg: DeliveryConfig,
+        cfg: &DeliveryConfig,
+        uow: UnitOfWork,
+        transport: Arc<Transport>,
         wake: Arc<Notify>,
-    ) -> anyhow::Result<Dispatcher> {
-        let recorder = Recorder::start(pool.clone());
-        Ok(Dispatcher {
+    ) -> Dispatcher {
+        let pool = uow.pool().clone();
+        Dispatcher {
+            recorder: Recorder::start(pool.clone(), uow),
             pool,
             log,
             workers: cfg.workers,
             credit_confirmations: cfg.credit_confirmations,
             group_commit: cfg.group_commit,
-            transport: Transport::new(cfg)?,
-            recorder,
+            transport,
             wake,
-        })
+        }
     }
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
@@ -321,7 +325,7 @@ async fn catch_up(pool: &PgPool, idle: &[(Uuid, Entry)]) -> Result<(), sqlx::Err
 /// The position of the last event delivered to `id` at or below `cursor` (0: none): after
 /// a replay to below it, the one delivered before the replayed ones. Read backwards from
 /// the newest journal entry, so it costs a few index rows, not the subscriber's history.
-async fn last_delivered(pool: &PgPool, id: Uuid, cursor: i64) -> Result<i64, sqlx::Error> {
+pub async fn last_delivered(pool: &PgPool, id: Uuid, cursor: i64) -> Result<i64, sqlx::Error> {
     let p = sqlx::query_scalar!(
         r#"SELECT position AS "position!" FROM delivery_attempts
            WHERE subscriber_id = $1 AND kind = 'attempt' AND outcome = 'delivered'

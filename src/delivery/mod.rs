@@ -17,10 +17,13 @@
 //! - [`recorder`]: group-commits the journal entries of all workers: one transaction per
 //!   batch; a worker sends its next request while its previous entries wait for their
 //!   batch, within its [`GroupCommit`] window, and waits for all of them on a failure.
+//! - [`operational`]: the `subscriber.*` events a change of a subscriber's state is
+//!   (disabled, enabled, recovered), appended with the journal entry that made it.
 //! - [`sign`], [`schedule`], [`ssrf`]: Standard Webhooks signatures, the retry schedule,
 //!   the guard against private-network targets.
 
 pub mod dispatcher;
+pub mod operational;
 pub mod recorder;
 pub mod render;
 pub mod schedule;

@@ -13,8 +13,9 @@ use sqlx::{Executor, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::GroupCommit;
+use super::{operational, GroupCommit};
 use crate::projections::cursors::{self, CursorState, Entry};
+use crate::unit_of_work::{RecordError, UnitOfWork};
 
 /// One journal entry waiting for its batch, and where its resulting state goes.
 type Pending = (
@@ -30,7 +31,7 @@ pub enum JournalError {
     Stopped,
     /// The batch's transaction failed (shared by every entry of the batch).
     #[error("cannot journal the delivery: {0}")]
-    Database(Arc<sqlx::Error>),
+    Database(Arc<RecordError>),
 }
 
 /// Writes journal entries in batches shared by all workers of this process.
@@ -40,7 +41,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(pool: PgPool) -> Recorder {
+    /// `uow` appends the operational events a batch's changes are ([`operational`]).
+    pub fn start(pool: PgPool, uow: UnitOfWork) -> Recorder {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
         tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -48,7 +50,7 @@ impl Recorder {
             while rx.recv_many(&mut batch, 512).await > 0 {
                 let entries: Vec<(Uuid, Entry)> =
                     batch.iter().map(|(id, e, _)| (*id, e.clone())).collect();
-                match write_batch(&pool, &mut held, &entries).await {
+                match write_batch(&pool, &uow, &mut held, &entries).await {
                     Ok(states) => {
                         for ((_, _, reply), state) in batch.drain(..).zip(states) {
                             let _ = reply.send(Ok(state));
@@ -162,7 +164,8 @@ impl Window {
     }
 }
 
-/// One batch of journal entries in one transaction, on the writer's own connection: kept
+/// One batch of journal entries in one transaction, with the operational events their
+/// changes are (a disabled subscriber, one recovered), on the writer's own connection: kept
 /// between batches because every pool acquire first pings the connection (sqlx's
 /// `test_before_acquire`), a round trip per batch, which with one or a few subscribers is
 /// one of six per delivery. A held connection that fails to begin (closed while idle) is
@@ -170,9 +173,10 @@ impl Window {
 /// state is unknown, so it is closed rather than returned to the pool.
 async fn write_batch(
     pool: &PgPool,
+    uow: &UnitOfWork,
     held: &mut Option<PoolConnection<Postgres>>,
     entries: &[(Uuid, Entry)],
-) -> Result<Vec<CursorState>, sqlx::Error> {
+) -> Result<Vec<CursorState>, RecordError> {
     let reused = held.is_some();
     let mut conn = match held.take() {
         Some(conn) => conn,
@@ -181,23 +185,28 @@ async fn write_batch(
     if let Err(e) = conn.execute("BEGIN").await {
         drop(conn.detach());
         if !reused {
-            return Err(e);
+            return Err(e.into());
         }
         tracing::debug!(error = %e, "the journal writer's connection failed; a new one");
         conn = pool.acquire().await?;
         conn.execute("BEGIN").await?;
     }
-    let states = match cursors::record(&mut conn, entries).await {
-        Ok(states) => states,
+    let folds = match cursors::record(&mut conn, entries).await {
+        Ok(folds) => folds,
         Err(e) => {
             drop(conn.detach());
-            return Err(e);
+            return Err(e.into());
         }
     };
-    if let Err(e) = conn.execute("COMMIT").await {
+    let events = operational::of_all(entries, &folds);
+    if let Err(e) = operational::append(uow, &mut conn, events).await {
         drop(conn.detach());
         return Err(e);
     }
+    if let Err(e) = conn.execute("COMMIT").await {
+        drop(conn.detach());
+        return Err(e.into());
+    }
     *held = Some(conn);
-    Ok(states)
+    Ok(folds.into_iter().map(|(_, after)| after).collect())
 }

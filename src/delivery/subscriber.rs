@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::compat::{cryptoassets, ipn};
 use crate::domain::events::EventType;
+use crate::store::StoredEvent;
 
 /// How a subscriber's events go on the wire (`subscribers.format`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,9 +93,11 @@ impl Subscriber {
         }))
     }
 
-    /// The types read from the log: the subscriber's filter narrowed to its format's.
+    /// The types read from the log: the subscriber's filter narrowed to its format's;
+    /// without a filter, every type but the operational (a filter naming them gets them).
     pub(super) fn read_types(&self) -> Option<Vec<String>> {
         match (self.format.types(), &self.types) {
+            (None, None) => Some(EventType::unfiltered().to_vec()),
             (None, types) => types.clone(),
             (Some(only), None) => Some(only.iter().map(|t| t.as_str().to_string()).collect()),
             (Some(only), Some(types)) => Some(
@@ -105,6 +108,18 @@ impl Subscriber {
                     .collect(),
             ),
         }
+    }
+
+    /// Whether `event` is one this subscriber gets: what [`crate::store::read_matching`]
+    /// with its [`Subscriber::read_types`], account and address selects.
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        let field = |name: &str| event.data.get(name).and_then(|v| v.as_str());
+        self.read_types()
+            .is_none_or(|types| types.iter().any(|t| t == event.kind.as_str()))
+            && self
+                .account_id
+                .is_none_or(|a| field("account_id") == Some(a.to_string().as_str()))
+            && self.address().is_none_or(|a| field("address") == Some(a))
     }
 
     pub(super) fn address(&self) -> Option<&str> {

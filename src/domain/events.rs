@@ -106,9 +106,35 @@ catalogue! {
     WithdrawalReorged(Reorged<Withdrawal>) = "withdrawal.reorged",
     WithdrawalDropped(Withdrawal) = "withdrawal.dropped",
     WithdrawalReplaced(Replaced<Withdrawal>) = "withdrawal.replaced",
+    /// Operational (delivered only to filters naming it): a subscriber's retries were
+    /// spent, or its receiver answered 410 Gone.
+    SubscriberDisabled(SubscriberDisabled) = "subscriber.disabled",
+    /// Operational: a disabled subscriber was enabled again.
+    SubscriberEnabled(SubscriberEnabled) = "subscriber.enabled",
+    /// Operational: a delivery succeeded after failed attempts.
+    SubscriberRecovered(SubscriberRecovered) = "subscriber.recovered",
 }
 
 impl EventType {
+    /// Operational types (`subscriber.*`): about the service's deliveries, not the
+    /// ledger. A reader without a type filter does not get them; a filter naming them
+    /// (exactly or by `subscriber.*`) does.
+    pub fn is_operational(self) -> bool {
+        self.category() == "subscriber"
+    }
+
+    /// The names a reader without a type filter gets: every type but the operational.
+    pub fn unfiltered() -> &'static [String] {
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| {
+            EventType::ALL
+                .iter()
+                .filter(|t| !t.is_operational())
+                .map(|t| t.as_str().to_string())
+                .collect()
+        })
+    }
+
     /// The category of a name (`deposit` of `deposit.seen`), for `deposit.*` filters.
     pub fn category(self) -> &'static str {
         self.as_str()
@@ -166,6 +192,15 @@ pub enum Subject<'a> {
     /// A deposit's state and the step of its life the event records.
     Deposit(&'a Deposit, Phase),
     Withdrawal(&'a Withdrawal, Phase),
+    /// An operational event about a subscriber's deliveries.
+    Subscriber(SubscriberEvent<'a>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SubscriberEvent<'a> {
+    Disabled(&'a SubscriberDisabled),
+    Enabled(&'a SubscriberEnabled),
+    Recovered(&'a SubscriberRecovered),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -203,6 +238,9 @@ impl Event {
             Event::WithdrawalReplaced(r) => {
                 Subject::Withdrawal(&r.state, Phase::Replaced(r.replaced_by))
             }
+            Event::SubscriberDisabled(e) => Subject::Subscriber(SubscriberEvent::Disabled(e)),
+            Event::SubscriberEnabled(e) => Subject::Subscriber(SubscriberEvent::Enabled(e)),
+            Event::SubscriberRecovered(e) => Subject::Subscriber(SubscriberEvent::Recovered(e)),
         }
     }
 
@@ -212,7 +250,7 @@ impl Event {
             Subject::Account(AccountEvent::Created(a)) => Some(a.account_id),
             Subject::Account(AccountEvent::Watched(a)) => Some(a.account_id),
             Subject::Account(AccountEvent::HandedOut(a)) => Some(a.account_id),
-            Subject::Block(_) | Subject::BlockDisconnected(_) => None,
+            Subject::Block(_) | Subject::BlockDisconnected(_) | Subject::Subscriber(_) => None,
             Subject::Deposit(d, _) => Some(d.account_id),
             Subject::Withdrawal(w, _) => Some(w.account_id),
         }
@@ -280,6 +318,39 @@ pub struct BlockDisconnected {
     pub hash: BlockHash,
 }
 
+/// `subscriber.disabled`: no more deliveries until it is enabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberDisabled {
+    pub subscriber_id: Uuid,
+    /// What the last attempt got (`HTTP 500`, `timed out`, `410 Gone: …`), and that the
+    /// retry schedule was spent or the receiver unsubscribed.
+    pub reason: String,
+    /// Every matching event up to here was delivered; an enable goes on after it.
+    pub cursor: i64,
+    /// The event that could not be delivered.
+    pub position: i64,
+    /// Failed attempts at that event.
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+/// `subscriber.enabled`: a disabled subscriber delivers again, after `cursor`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberEnabled {
+    pub subscriber_id: Uuid,
+    pub cursor: i64,
+}
+
+/// `subscriber.recovered`: the event at `position` was delivered after `failed_attempts`
+/// failed ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberRecovered {
+    pub subscriber_id: Uuid,
+    pub position: i64,
+    pub failed_attempts: i32,
+}
+
 /// A tracked transaction's state after its block left the chain, and which block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reorged<T> {
@@ -309,7 +380,10 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 22);
+        assert!(EventType::SubscriberRecovered.is_operational());
+        assert!(!EventType::DepositSeen.is_operational());
+        assert_eq!(EventType::unfiltered().len(), 19);
         assert_eq!(EventType::DepositCreditReversed.category(), "deposit");
         assert_eq!(EventType::parse("deposit.confirmd"), None);
     }

@@ -71,6 +71,11 @@ impl StreamName {
         StreamName(format!("withdrawal-{txid}"))
     }
 
+    /// A subscriber's operational events.
+    pub fn subscriber(id: Uuid) -> StreamName {
+        StreamName(format!("subscriber-{id}"))
+    }
+
     /// A name as stored (no check: the log holds what it holds).
     pub fn from_stored(name: String) -> StreamName {
         StreamName(name)

@@ -65,6 +65,8 @@ pub struct AppState {
     pub webhook_guard: Arc<crate::delivery::Guard>,
     /// Tells the webhook dispatcher a subscriber changed (created, replayed, enabled).
     pub wake_delivery: Arc<tokio::sync::Notify>,
+    /// Sends one event to one subscriber: the dispatcher's, shared for redeliveries.
+    pub transport: Arc<crate::delivery::transport::Transport>,
     /// Subscribers may be commands (SCRIPT_HANDLERS).
     pub script_handlers: bool,
     /// The `/btc` and `/btc_ipn` endpoints' own token (IPN_TOKEN), and the `ipn_auth` of
@@ -124,6 +126,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/v1/subscribers/{id}/replay", "post"),
     ("/v1/subscribers/{id}/enable", "post"),
     ("/v1/subscribers/{id}/rotate-secret", "post"),
+    ("/v1/subscribers/{id}/redeliver", "post"),
     ("/v1/subscribers/{id}/deliveries", "get"),
 ];
 
@@ -204,6 +207,7 @@ pub fn router(state: AppState) -> Router {
             "/subscribers/{id}/rotate-secret",
             post(subscribers::rotate_secret),
         )
+        .route("/subscribers/{id}/redeliver", post(subscribers::redeliver))
         .route(
             "/subscribers/{id}/deliveries",
             get(subscribers::deliveries).route_layer(replica(NotLogged)),

@@ -45,6 +45,7 @@ use super::{
         subscribers::replay,
         subscribers::enable,
         subscribers::rotate_secret,
+        subscribers::redeliver,
         subscribers::delete,
         subscribers::deliveries,
         audit::export,

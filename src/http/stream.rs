@@ -1,5 +1,7 @@
 //! The SSE stream: `GET /v1/events/stream?after=&types=`. Each event is one SSE message
-//! with `id:` = its position and `data:` = the envelope (no `event:` name, so a browser
+//! with `id:` = its position and `data:` = the envelope with `prev`, the position of the
+//! event sent before it on this stream (the first's: the `after` or `Last-Event-ID` it
+//! resumed from), so a client proves it missed nothing (no `event:` name, so a browser
 //! `EventSource`'s `onmessage` sees every one). A reconnecting client's `Last-Event-ID`
 //! wins over `after`, so it resumes exactly after the last message it got. Comments keep
 //! idle connections alive through proxies. Since `EventSource` cannot send headers, this
@@ -125,6 +127,7 @@ pub async fn stream(
         s,
         source,
         cursor: Position(after),
+        prev: Position(after),
         types,
         pending: VecDeque::new(),
         sent: false,
@@ -137,15 +140,21 @@ pub async fn stream(
                 return None;
             }
             if let Some(p) = t.pending.pop_front() {
-                let mut msg = match &p {
-                    Pending::Read(e) => Event::default()
-                        .id(e.position.to_string())
-                        .data(serde_json::to_string(e).expect("an event serialises")),
+                let (position, data) = match &p {
+                    Pending::Read(e) => (
+                        e.position,
+                        with_prev(
+                            &serde_json::to_string(e).expect("an event serialises"),
+                            t.prev,
+                        ),
+                    ),
                     // Serialised once by the shared tail, for every stream.
-                    Pending::Shared(b, i) => Event::default()
-                        .id(b.events[*i].position.to_string())
-                        .data(&b.json[*i]),
+                    Pending::Shared(b, i) => {
+                        (b.events[*i].position, with_prev(&b.json[*i], t.prev))
+                    }
                 };
+                t.prev = position;
+                let mut msg = Event::default().id(position.to_string()).data(data);
                 if !t.sent {
                     // Tells EventSource to reconnect after 1 s rather than its default 3 s.
                     msg = msg.retry(RECONNECT);
@@ -173,6 +182,14 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
+/// An envelope's JSON with `"prev": prev` added (the envelope is an object).
+fn with_prev(envelope: &str, prev: Position) -> String {
+    let body = envelope
+        .strip_suffix('}')
+        .expect("an envelope is a JSON object");
+    format!("{body},\"prev\":{}}}", prev.0)
+}
+
 /// An SSE message to send: an event this stream read itself, or one of a shared batch.
 enum Pending {
     Read(StoredEvent),
@@ -185,6 +202,8 @@ struct Tail {
     source: Source,
     /// Every event up to here was queued or filtered out.
     cursor: Position,
+    /// The position of the last event sent (at first, where the client resumed).
+    prev: Position,
     types: Option<Vec<String>>,
     pending: VecDeque<Pending>,
     sent: bool,

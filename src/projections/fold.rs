@@ -85,6 +85,8 @@ pub fn fold<'a>(events: impl IntoIterator<Item = EventAt<'a>>) -> Changes {
                 c.touched_accounts.insert(w.account_id);
                 upsert(&mut c.withdrawals, w.txid, w, stream_version, position);
             }
+            // About deliveries, not the ledger: the delivery journal is their projection.
+            Subject::Subscriber(_) => {}
         }
     }
     c

@@ -38,7 +38,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The indexes of the events after `cursor` of `types` (exact names; `None`: all).
+    /// The indexes of the events after `cursor` of `types` (exact names; `None`: every
+    /// type but the operational, what a reader without a filter gets).
     pub fn matching<'a>(
         &'a self,
         cursor: Position,
@@ -48,7 +49,11 @@ impl Batch {
             .iter()
             .enumerate()
             .filter(move |(_, e)| {
-                e.position > cursor && types.is_none_or(|t| t.iter().any(|n| n == e.kind.as_str()))
+                e.position > cursor
+                    && match types {
+                        None => !e.kind.is_operational(),
+                        Some(t) => t.iter().any(|n| n == e.kind.as_str()),
+                    }
             })
             .map(|(i, _)| i)
     }

@@ -192,7 +192,8 @@ impl Source {
         self.log.wait_past(after, left).await
     }
 
-    /// The head, then up to `limit` events after `after` (of `types`), read on one
+    /// The head, then up to `limit` events after `after` (of `types`; `None`: every type
+    /// but the operational, what a reader without a filter gets), read on one
     /// connection: every event at or below that head is in the page or after it (behind a
     /// pooler of several replicas, both come from the same server). A failure on the
     /// replica is retried on the primary, which serves this reader from then on.
@@ -228,7 +229,8 @@ async fn read_page(
 ) -> Result<(Position, Vec<StoredEvent>), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let head = super::head(&mut *conn).await?;
-    let events = super::read_after(&mut *conn, after, limit, types).await?;
+    let types = types.unwrap_or(crate::domain::events::EventType::unfiltered());
+    let events = super::read_after(&mut *conn, after, limit, Some(types)).await?;
     Ok((head, events))
 }
 

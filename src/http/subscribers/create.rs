@@ -316,7 +316,7 @@ pub async fn create_subscriber(
     s.wake_delivery.notify_one();
     tracing::info!(subscriber = %id, url = url.as_deref().map(crate::redact::redact), command = ?command, format = format_name,
         address, cursor = start, "subscriber created");
-    let state = &state[0];
+    let state = &state[0].1;
     Ok(Some(SubscriberView {
         id,
         url,

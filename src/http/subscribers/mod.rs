@@ -16,14 +16,17 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::reads::Reader;
 use super::AppState;
+use crate::delivery::operational;
 use crate::projections::cursors::{self, Entry};
 use crate::store;
 use sqlx::PgPool;
 
 mod create;
+mod redeliver;
 mod rotate;
 pub(super) use create::__path_create;
 pub use create::{create, create_subscriber, NewSubscriber, Start};
+pub(super) use redeliver::{__path_redeliver, redeliver};
 pub(super) use rotate::{__path_rotate_secret, rotate_secret};
 
 #[derive(Serialize, ToSchema)]
@@ -132,15 +135,24 @@ pub async fn delete(
 }
 
 /// Journals a command for a live subscriber (404 for an unknown or deleted one) and wakes
-/// the dispatcher.
+/// the dispatcher; an enable of a disabled one is also a `subscriber.enabled` event, in
+/// the same transaction.
 async fn command(s: &AppState, id: Uuid, entry: Entry) -> Result<(), ApiError> {
     one(&s.pool, id).await?;
     let mut tx = s.pool.begin().await?;
-    let state = cursors::record(&mut tx, &[(id, entry.clone())]).await?;
+    let entries = [(id, entry.clone())];
+    let folds = cursors::record(&mut tx, &entries).await?;
+    operational::append(
+        &s.unit_of_work,
+        &mut tx,
+        operational::of_all(&entries, &folds),
+    )
+    .await?;
     tx.commit().await?;
     s.wake_delivery.notify_one();
-    tracing::info!(subscriber = %id, command = ?entry, cursor = state[0].cursor,
-        status = state[0].status, "subscriber changed");
+    let state = &folds[0].1;
+    tracing::info!(subscriber = %id, command = ?entry, cursor = state.cursor,
+        status = state.status, "subscriber changed");
     Ok(())
 }
 
@@ -204,6 +216,8 @@ pub struct Attempt {
     position: i64,
     event_id: Uuid,
     attempt: i32,
+    /// An operator's redelivery (`POST …/redeliver`): it changed no cursor.
+    redelivery: bool,
     /// delivered, failed or gone.
     outcome: String,
     status_code: Option<i32>,
@@ -238,8 +252,9 @@ pub async fn deliveries(
     let rows = sqlx::query!(
         r#"SELECT position AS "position!", event_id AS "event_id!", attempt AS "attempt!",
                   outcome AS "outcome!", status_code, error, latency_ms AS "latency_ms!",
-                  next_attempt_at, recorded_at
-           FROM delivery_attempts WHERE subscriber_id = $1 AND kind = 'attempt'
+                  next_attempt_at, recorded_at, kind = 'redelivery' AS "redelivery!"
+           FROM delivery_attempts
+           WHERE subscriber_id = $1 AND kind IN ('attempt', 'redelivery')
            ORDER BY n DESC LIMIT $2"#,
         id,
         limit
@@ -253,6 +268,7 @@ pub async fn deliveries(
                 position: r.position,
                 event_id: r.event_id,
                 attempt: r.attempt,
+                redelivery: r.redelivery,
                 outcome: r.outcome,
                 status_code: r.status_code,
                 error: r.error,

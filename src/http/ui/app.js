@@ -3,6 +3,7 @@
 "use strict";
 
 const KEY = "chainledger.token";
+const ALL_TYPES = "account.*,address.*,block.*,deposit.*,withdrawal.*,subscriber.*";
 const $ = (id) => document.getElementById(id);
 const state = { tab: "status", subscriber: null, account: null, log: null, accountsAfter: 0 };
 
@@ -97,14 +98,16 @@ function stopLog() {
 async function startLog() {
   stopLog();
   const s = await api("GET", "/v1/status");
-  const types = $("log-types").value.trim();
+  // Without a filter the stream leaves out operational events (subscriber.*): ask for
+  // every category, so the operator sees those too.
+  const types = $("log-types").value.trim() || ALL_TYPES;
   const after = Math.max(0, s.last_position - 50);
   const ctrl = new AbortController();
   state.log = ctrl;
   $("log-pause").textContent = "Pause";
   $("log-state").textContent = "live";
   fill($("log-rows"), []);
-  const url = `/v1/events/stream?after=${after}` + (types ? `&types=${encodeURIComponent(types)}` : "");
+  const url = `/v1/events/stream?after=${after}&types=${encodeURIComponent(types)}`;
   try {
     const r = await fetch(url, { headers: { Authorization: "Bearer " + token() }, signal: ctrl.signal });
     if (r.status === 401) return signOut("The token was refused.");
@@ -142,7 +145,7 @@ async function loadSubscribers() {
   const { subscribers } = await api("GET", "/v1/subscribers");
   fill($("subscriber-rows"), subscribers.map((s) => {
     const tr = el("tr", { class: "pick" + (s.id === state.subscriber ? " chosen" : ""), "data-id": s.id, onclick: () => pickSubscriber(s) },
-      el("td", { class: "mono" }, s.url || (s.command || []).join(" ")), el("td", {}, s.format), el("td", {}, (s.types || ["all"]).join(", ")),
+      el("td", { class: "mono" }, s.url || (s.command || []).join(" ")), el("td", {}, s.format), el("td", {}, (s.types || ["every ledger type"]).join(", ")),
       el("td", {}, badge(s.status)), el("td", { class: "num" }, s.lag), el("td", {}, when(s.next_attempt_at)), el("td", {}, s.last_error || ""));
     return tr;
   }));
@@ -155,10 +158,30 @@ async function pickSubscriber(s) {
   document.querySelectorAll("#subscriber-rows tr").forEach((tr) => tr.classList.toggle("chosen", tr.dataset.id === s.id));
   $("subscriber-detail").hidden = false;
   $("subscriber-title").textContent = `${s.url || (s.command || []).join(" ")} — cursor ${s.cursor}, ${s.status}`;
-  const { deliveries } = await api("GET", `/v1/subscribers/${s.id}/deliveries?limit=20`);
-  fill($("delivery-rows"), deliveries.map((d) => el("tr", {}, el("td", { class: "num" }, d.position), el("td", { class: "num" }, d.attempt),
+  const [{ deliveries }, status] = await Promise.all([api("GET", `/v1/subscribers/${s.id}/deliveries?limit=20`), api("GET", "/v1/status")]);
+  fill($("delivery-rows"), deliveries.map((d) => el("tr", {}, el("td", { class: "num" }, d.position),
+    el("td", { class: "num" }, d.redelivery ? "redelivery" : d.attempt),
     el("td", {}, badge(d.outcome)), el("td", { class: "num" }, d.status_code ?? ""), el("td", { class: "num" }, d.latency_ms + " ms"),
-    el("td", {}, d.error || ""), el("td", {}, when(d.attempted_at)))));
+    el("td", {}, d.error || ""), el("td", {}, when(d.attempted_at)),
+    el("td", {}, el("button", { class: "small", "data-redeliver": d.position, onclick: () => redeliver(s.id, d.position) }, "Redeliver")))));
+  // Its operational events (disabled, enabled, recovered) among the last 10,000 positions.
+  const page = await api("GET", `/v1/events?types=subscriber.*&after=${Math.max(0, status.last_position - 10000)}&limit=1000`);
+  const mine = page.events.filter((e) => e.stream === `subscriber-${s.id}`).slice(-20).reverse();
+  fill($("operational-rows"), mine.map((e) => el("tr", { "data-type": e.type }, el("td", { class: "num" }, e.position), el("td", {}, e.type),
+    el("td", {}, e.data.reason || (e.data.failed_attempts ? `delivered after ${e.data.failed_attempts} failed attempts` : `cursor ${e.data.cursor}`)),
+    el("td", {}, when(e.recorded_at)))));
+  $("operational-none").hidden = mine.length > 0;
+}
+
+async function redeliver(id, position) {
+  const msg = $("subscriber-message");
+  try {
+    const r = await api("POST", `/v1/subscribers/${id}/redeliver`, { position });
+    msg.textContent = `redeliver ${position}: ${r.outcome}` + (r.status_code ? ` (HTTP ${r.status_code})` : "") + (r.error ? ` — ${r.error}` : "");
+  } catch (e) {
+    msg.textContent = `redeliver ${position}: ` + e.message;
+  }
+  await loadSubscribers();
 }
 
 async function subscriberAction(label, method, path, body) {

@@ -12,6 +12,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+mod rows;
+use rows::Journal;
+pub use rows::JournalRow;
+
 pub const ACTIVE: &str = "active";
 pub const RETRYING: &str = "retrying";
 pub const DISABLED: &str = "disabled";
@@ -89,70 +93,13 @@ pub enum Entry {
     },
     Enable,
     Delete,
-}
-
-/// A journal row as stored, to fold again (a rebuild).
-#[derive(sqlx::FromRow)]
-pub struct JournalRow {
-    pub subscriber_id: Uuid,
-    pub n: i32,
-    pub kind: String,
-    pub epoch: i32,
-    pub position: Option<i64>,
-    pub event_id: Option<Uuid>,
-    pub attempt: Option<i32>,
-    pub status_code: Option<i32>,
-    pub error: Option<String>,
-    pub latency_ms: Option<i32>,
-    pub outcome: Option<String>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-impl JournalRow {
-    /// The entry this row journaled; an error names the row.
-    pub fn entry(&self) -> Result<Entry, String> {
-        let bad = || {
-            format!(
-                "journal row {}#{} ({}) is malformed",
-                self.subscriber_id, self.n, self.kind
-            )
-        };
-        Ok(match self.kind.as_str() {
-            "created" => Entry::Created {
-                start: self.position.ok_or_else(bad)?,
-            },
-            "attempt" => Entry::Attempt {
-                epoch: self.epoch,
-                position: self.position.ok_or_else(bad)?,
-                event_id: self.event_id.ok_or_else(bad)?,
-                attempt: self.attempt.ok_or_else(bad)?,
-                status_code: self.status_code.and_then(|c| u16::try_from(c).ok()),
-                error: self.error.clone(),
-                latency_ms: self.latency_ms.unwrap_or(0),
-                outcome: match self.outcome.as_deref() {
-                    Some("delivered") => Outcome::Delivered,
-                    Some("failed") => Outcome::Failed,
-                    Some("gone") => Outcome::Gone,
-                    _ => return Err(bad()),
-                },
-                next_attempt_at: self.next_attempt_at,
-            },
-            "caught_up" => Entry::CaughtUp {
-                epoch: self.epoch,
-                position: self.position.ok_or_else(bad)?,
-            },
-            "replay" => Entry::Replay {
-                position: self.position.ok_or_else(bad)?,
-            },
-            "enable" => Entry::Enable,
-            "delete" => Entry::Delete,
-            _ => return Err(bad()),
-        })
-    }
+    /// An operator's delivery of one event again (`POST …/redeliver`), an
+    /// [`Entry::Attempt`]: journaled, it changes nothing.
+    Redelivery(Box<Entry>),
 }
 
 impl Entry {
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Entry::Created { .. } => "created",
             Entry::Attempt { .. } => "attempt",
@@ -160,6 +107,14 @@ impl Entry {
             Entry::Replay { .. } => "replay",
             Entry::Enable => "enable",
             Entry::Delete => "delete",
+            Entry::Redelivery(_) => "redelivery",
+        }
+    }
+
+    pub(super) fn redelivery_if(self, redelivery: bool) -> Entry {
+        match redelivery {
+            true => Entry::Redelivery(Box::new(self)),
+            false => self,
         }
     }
 }
@@ -172,6 +127,7 @@ pub fn apply(state: &CursorState, entry: &Entry) -> CursorState {
         return s;
     }
     match entry {
+        Entry::Redelivery(_) => {}
         Entry::Created { start } => {
             s.cursor = *start;
         }
@@ -235,11 +191,11 @@ pub fn apply(state: &CursorState, entry: &Entry) -> CursorState {
 
 /// Appends `entries` (in order; several may name one subscriber) to the journal and writes
 /// the folded cursors inside the caller's transaction: three statements whatever the batch
-/// size. Returns each entry's resulting state, in input order.
+/// size. Returns each entry's state before and after it, in input order.
 pub async fn record(
     tx: &mut PgConnection,
     entries: &[(Uuid, Entry)],
-) -> Result<Vec<CursorState>, sqlx::Error> {
+) -> Result<Vec<(CursorState, CursorState)>, sqlx::Error> {
     let mut ids: Vec<Uuid> = entries.iter().map(|(id, _)| *id).collect();
     ids.sort();
     ids.dedup();
@@ -276,8 +232,8 @@ pub async fn record(
         let before = states.remove(id).unwrap_or_else(|| CursorState::new(*id));
         let after = apply(&before, entry);
         j.push(&before, &after, entry);
-        out.push(after.clone());
-        states.insert(*id, after);
+        states.insert(*id, after.clone());
+        out.push((before, after));
     }
     sqlx::query!(
         r#"INSERT INTO delivery_attempts (subscriber_id, n, kind, epoch, position, event_id,
@@ -355,76 +311,6 @@ pub fn status_name(s: &str) -> &'static str {
     }
 }
 
-/// Journal rows as UNNEST columns.
-#[derive(Default)]
-struct Journal {
-    subscriber_id: Vec<Uuid>,
-    n: Vec<i32>,
-    kind: Vec<&'static str>,
-    epoch: Vec<i32>,
-    position: Vec<Option<i64>>,
-    event_id: Vec<Option<Uuid>>,
-    attempt: Vec<Option<i32>>,
-    status_code: Vec<Option<i32>>,
-    error: Vec<Option<String>>,
-    latency_ms: Vec<Option<i32>>,
-    outcome: Vec<Option<&'static str>>,
-    next_attempt_at: Vec<Option<DateTime<Utc>>>,
-}
-
-impl Journal {
-    fn push(&mut self, before: &CursorState, after: &CursorState, entry: &Entry) {
-        self.subscriber_id.push(after.subscriber_id);
-        self.n.push(after.journal_n);
-        self.kind.push(entry.kind());
-        let (mut epoch, mut position, mut event, mut attempt) = (before.epoch, None, None, None);
-        let (mut code, mut error, mut latency, mut outcome, mut next) =
-            (None, None, None, None, None);
-        match entry {
-            Entry::Created { start } => position = Some(*start),
-            Entry::Attempt {
-                epoch: e,
-                position: p,
-                event_id,
-                attempt: a,
-                status_code,
-                error: err,
-                latency_ms,
-                outcome: o,
-                next_attempt_at,
-            } => {
-                epoch = *e;
-                position = Some(*p);
-                event = Some(*event_id);
-                attempt = Some(*a);
-                code = status_code.map(i32::from);
-                error = err.clone();
-                latency = Some(*latency_ms);
-                outcome = Some(o.as_str());
-                next = *next_attempt_at;
-            }
-            Entry::CaughtUp {
-                epoch: e,
-                position: p,
-            } => {
-                epoch = *e;
-                position = Some(*p);
-            }
-            Entry::Replay { position: p } => position = Some(*p),
-            Entry::Enable | Entry::Delete => {}
-        }
-        self.epoch.push(epoch);
-        self.position.push(position);
-        self.event_id.push(event);
-        self.attempt.push(attempt);
-        self.status_code.push(code);
-        self.error.push(error);
-        self.latency_ms.push(latency);
-        self.outcome.push(outcome);
-        self.next_attempt_at.push(next);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +369,18 @@ mod tests {
         assert_eq!((s.cursor, s.status, s.epoch), (10, ACTIVE, 1));
         let s = apply(&s, &attempt(1, 11, 1, Outcome::Delivered));
         assert_eq!(s.cursor, 11);
+    }
+
+    #[test]
+    fn a_redelivery_is_journaled_and_changes_nothing() {
+        let s = fold(&[
+            Entry::Created { start: 4 },
+            attempt(0, 3, 1, Outcome::Failed),
+        ]);
+        let again = Entry::Redelivery(Box::new(attempt(0, 9, 1, Outcome::Delivered)));
+        let after = apply(&s, &again);
+        assert_eq!(after, CursorState { journal_n: 3, ..s });
+        assert_eq!(again.kind(), "redelivery");
     }
 
     #[test]
