@@ -418,7 +418,7 @@ fn handler_script(dir: &std::path::Path) -> String {
         format!(
             r#"#!/bin/sh
 out="{dir}/run-$(date +%s%N)-$$"
-printf '%s\n' "$CHAINLEDGER_EVENT_NAME" "$CHAINLEDGER_EVENT_DATA" "$CRYPTOASSETS_EVENT_NAME" "$CRYPTOASSETS_EVENT_DATA" "$1" > "$out"
+printf '%s\n' "$CHAINLEDGER_EVENT_NAME" "$CHAINLEDGER_EVENT_DATA" "$CRYPTOASSETS_EVENT_NAME" "$CRYPTOASSETS_EVENT_DATA" "$1" "$CHAINLEDGER_PREVIOUS_POSITION" > "$out"
 if [ -f "{dir}/exit" ]; then exit "$(cat {dir}/exit)"; fi
 exit 0
 "#,
@@ -431,7 +431,8 @@ exit 0
     path.to_string_lossy().into_owned()
 }
 
-/// Each run's (event name, event data, cryptoassets name, cryptoassets data, argument).
+/// Each run's (event name, event data, cryptoassets name, cryptoassets data, argument,
+/// previous position).
 fn runs(dir: &std::path::Path) -> Vec<Vec<String>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -510,7 +511,13 @@ async fn script_handlers_get_the_event_in_their_environment_and_failures_are_ret
         (Some(txid.as_str()), Some(0))
     );
     assert_eq!(seen[4], "an argument");
+    assert_eq!(seen[5], "0", "its first event: none before it");
     assert_eq!(got[1][0], "deposit.confirmed");
+    assert_eq!(
+        got[1][5],
+        envelope["position"].to_string(),
+        "each run names the event delivered before it"
+    );
 
     // The failing handler: run, failed (exit 3), retried on the schedule until spent.
     let view = eventually(Duration::from_secs(20), || async {

@@ -71,7 +71,10 @@ impl Transport {
                 (None, Some(e), Outcome::Failed, None)
             }
             Target::Command(argv) => {
-                match script::run(argv, &message.env, self.cfg.timeout).await {
+                // The event delivered before this one, as a webhook's header says it.
+                let mut env = message.env;
+                env.push(("CHAINLEDGER_PREVIOUS_POSITION", previous.to_string()));
+                match script::run(argv, &env, self.cfg.timeout).await {
                     Ok(()) => (None, None, Outcome::Delivered, None),
                     Err(e) => (None, Some(e), Outcome::Failed, None),
                 }
