@@ -138,11 +138,14 @@ function addLogRow(e) {
 }
 
 // --- subscribers -----------------------------------------------------------------
+// Where a subscriber delivers: its URL, Redis stream (the URL's password comes redacted) or command.
+const target = (s) => s.url || (s.redis && `${s.redis.url} stream ${s.redis.stream}`) || (s.command || []).join(" ");
+
 async function loadSubscribers() {
   const { subscribers } = await api("GET", "/v1/subscribers");
   fill($("subscriber-rows"), subscribers.map((s) => {
     const tr = el("tr", { class: "pick" + (s.id === state.subscriber ? " chosen" : ""), "data-id": s.id, onclick: () => pickSubscriber(s) },
-      el("td", { class: "mono" }, s.url || (s.command || []).join(" ")), el("td", {}, s.format), el("td", {}, (s.types || ["all"]).join(", ")),
+      el("td", { class: "mono" }, target(s)), el("td", {}, s.format), el("td", {}, (s.types || ["all"]).join(", ")),
       el("td", {}, badge(s.status)), el("td", { class: "num" }, s.lag), el("td", {}, when(s.next_attempt_at)), el("td", {}, s.last_error || ""));
     return tr;
   }));
@@ -154,7 +157,7 @@ async function pickSubscriber(s) {
   state.subscriber = s.id;
   document.querySelectorAll("#subscriber-rows tr").forEach((tr) => tr.classList.toggle("chosen", tr.dataset.id === s.id));
   $("subscriber-detail").hidden = false;
-  $("subscriber-title").textContent = `${s.url || (s.command || []).join(" ")} — cursor ${s.cursor}, ${s.status}`;
+  $("subscriber-title").textContent = `${target(s)} — cursor ${s.cursor}, ${s.status}`;
   const { deliveries } = await api("GET", `/v1/subscribers/${s.id}/deliveries?limit=20`);
   fill($("delivery-rows"), deliveries.map((d) => el("tr", {}, el("td", { class: "num" }, d.position), el("td", { class: "num" }, d.attempt),
     el("td", {}, badge(d.outcome)), el("td", { class: "num" }, d.status_code ?? ""), el("td", { class: "num" }, d.latency_ms + " ms"),
