@@ -280,8 +280,9 @@ async fn bad_redis_targets_are_refused_naming_the_field_and_the_password_is_neve
         .unwrap()
         .contains("unknown field"));
 
-    // Without WEBHOOK_ALLOW_NETS loopback and private hosts are refused (resolved, never
-    // connected to).
+    // Without WEBHOOK_ALLOW_NETS loopback is refused, by address or by name (resolved,
+    // never connected to). Private ranges are the unit tests' (src/delivery/redis.rs), so
+    // that no broken guard ever sends anything to a private address from here.
     let mut cfg = config(&fresh_database().await, &node);
     cfg.webhook_allow_nets = Vec::new();
     let strict = Service::start(cfg).await;
