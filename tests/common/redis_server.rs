@@ -111,6 +111,16 @@ impl RedisServer {
             .await
     }
 
+    /// How many entries `stream` has (XLEN).
+    pub async fn len(&self, stream: &str) -> usize {
+        let mut c = self.connect().await.expect("connect to redis-server");
+        redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut c)
+            .await
+            .expect("XLEN")
+    }
+
     /// Every entry of `stream`, oldest first (XRANGE - +).
     pub async fn entries(&self, stream: &str) -> Vec<Entry> {
         let mut c = self.connect().await.expect("connect to redis-server");
