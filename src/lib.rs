@@ -22,7 +22,8 @@
 //! - [`delivery`]: webhooks: the dispatcher and its per-subscriber workers under a lease,
 //!   rendering in each format, **a webhook is sent in [`delivery::transport`]**, the
 //!   group-committed journal, signing, the retry schedule, the SSRF guard, script
-//!   handlers. Cursors are the fold in [`projections::cursors`].
+//!   handlers, Redis Streams targets ([`delivery::redis`]). Cursors are the fold in
+//!   [`projections::cursors`].
 //! - [`compat`]: what cryptoassets.core, the Crypto IPN service and Bitcart put on the
 //!   wire, mapped from typed events (pure); their endpoints are in [`http`].
 //! - [`http`]: the axum API: commands (observations for the unit of work), queries, the

@@ -11,9 +11,10 @@
 //!   two service instances never deliver one subscriber concurrently.
 //! - [`subscriber`]: a subscriber's [`Format`] (what goes on the wire: Standard Webhooks
 //!   JSON, cryptoassets.core's txupdate form, a Crypto IPN notification) and [`Target`]
-//!   (a URL, or a command run once per event, [`script`]).
+//!   (a URL, a command run once per event, [`script`], or a Redis stream, [`redis`]).
 //! - [`render`]: one event in a subscriber's format.
 //! - [`transport`]: where a webhook is sent — one attempt, its outcome a journal entry.
+//! - [`redis`]: Redis Streams targets — an XADD per event, its entry id the position.
 //! - [`recorder`]: group-commits the journal entries of all workers: one transaction per
 //!   batch; a worker sends its next request while its previous entries wait for their
 //!   batch, within its [`GroupCommit`] window, and waits for all of them on a failure.
@@ -25,6 +26,7 @@
 pub mod dispatcher;
 pub mod operational;
 pub mod recorder;
+pub mod redis;
 pub mod render;
 pub mod schedule;
 pub mod script;
@@ -39,7 +41,7 @@ use std::time::Duration;
 pub use dispatcher::Dispatcher;
 pub use schedule::Schedule;
 pub use ssrf::Guard;
-pub use subscriber::{Format, Subscriber, Target};
+pub use subscriber::{Format, RedisTarget, Subscriber, Target};
 
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {

@@ -84,8 +84,8 @@ impl Guard {
         }
     }
 
-    /// Resolves `host`; fails unless every address is permitted.
-    async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, String> {
+    /// Resolves `host` (a name or an IP literal); fails unless every address is permitted.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, String> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?

@@ -38,6 +38,28 @@ pub enum Target {
     Url(String),
     /// A script handler's argv.
     Command(Vec<String>),
+    /// A Redis stream ([`super::redis`]).
+    Redis(RedisTarget),
+}
+
+/// A Redis stream each event is XADDed to, with the entry id `<position>-1`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://[user[:password]@]host[:port][/db]`; the password is never logged or shown.
+    pub url: String,
+    pub stream: String,
+    /// `MAXLEN ~ n`: Redis trims the stream to about this many entries.
+    pub maxlen: Option<u64>,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &crate::redact::redact_url(&self.url))
+            .field("stream", &self.stream)
+            .field("maxlen", &self.maxlen)
+            .finish()
+    }
 }
 
 /// A subscriber as created (the `subscribers` row).
@@ -58,7 +80,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<Subscriber>, sqlx::Error> {
         let row = sqlx::query!(
-            r#"SELECT s.url, s.command, s.format, s.address, s.max_confirms, s.types,
+            r#"SELECT s.url, s.command, s.redis_url, s.redis_stream, s.redis_maxlen, s.format, s.address, s.max_confirms, s.types,
                       s.account_id, COALESCE(r.secret, s.secret) AS "secret!",
                       CASE WHEN r.previous_valid_until > now() THEN r.previous_secret END
                         AS previous_secret
@@ -74,9 +96,14 @@ impl Subscriber {
         .await?;
         Ok(row.map(|r| Subscriber {
             id,
-            target: match (r.url, r.command) {
-                (Some(url), _) => Target::Url(url),
-                (None, command) => Target::Command(command.unwrap_or_default()),
+            target: match (r.url, r.redis_url, r.redis_stream) {
+                (Some(url), _, _) => Target::Url(url),
+                (None, Some(url), Some(stream)) => Target::Redis(RedisTarget {
+                    url,
+                    stream,
+                    maxlen: r.redis_maxlen.map(|n| n.max(1) as u64),
+                }),
+                _ => Target::Command(r.command.unwrap_or_default()),
             },
             format: match (r.format.as_str(), r.address, r.max_confirms) {
                 ("ipn", Some(address), Some(m)) => Format::Ipn {

@@ -1,6 +1,7 @@
 //! Where a webhook is sent: one attempt at one event — an HTTP POST through the SSRF
-//! guard's resolver (no redirects), or a script handler's run — and its outcome as a
-//! journal entry (status code, error, latency, when to retry).
+//! guard's resolver (no redirects), a script handler's run, or an XADD to a Redis stream
+//! ([`super::redis`]) — and its outcome as a journal entry (status code, error, latency,
+//! when to retry).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,15 +11,16 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
 use super::render::Message;
 use super::subscriber::{Subscriber, Target};
-use super::{schedule, script, sign, ssrf, DeliveryConfig};
+use super::{redis, schedule, script, sign, ssrf, DeliveryConfig};
 use crate::metrics;
 use crate::projections::cursors::{Entry, Outcome};
 use crate::store::StoredEvent;
 
-/// The HTTP client and the settings every attempt uses.
+/// The HTTP client, the Redis connections and the settings every attempt uses.
 pub struct Transport {
     cfg: DeliveryConfig,
     client: reqwest::Client,
+    streams: redis::Streams,
 }
 
 impl Transport {
@@ -39,6 +41,7 @@ impl Transport {
         };
         Ok(Transport {
             client: builder.build()?,
+            streams: redis::Streams::new(cfg.guard.clone(), cfg.timeout),
             cfg,
         })
     }
@@ -76,6 +79,26 @@ impl Transport {
                 env.push(("CHAINLEDGER_PREVIOUS_POSITION", previous.to_string()));
                 match script::run(argv, &env, self.cfg.timeout).await {
                     Ok(()) => (None, None, Outcome::Delivered, None),
+                    Err(e) => (None, Some(e), Outcome::Failed, None),
+                }
+            }
+            Target::Redis(target) => {
+                match self
+                    .streams
+                    .add(target, event, &message.body, previous)
+                    .await
+                {
+                    Ok(added) => {
+                        if added == redis::Added::AlreadyThere {
+                            // A repeat (a crash or a timeout after Redis took it): the
+                            // stream holds it once, so it is delivered.
+                            tracing::debug!(
+                                position = event.position.0,
+                                "already in the stream (its id is not above the top)"
+                            );
+                        }
+                        (None, None, Outcome::Delivered, None)
+                    }
                     Err(e) => (None, Some(e), Outcome::Failed, None),
                 }
             }

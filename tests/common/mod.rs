@@ -8,6 +8,7 @@ pub mod chromium;
 pub mod faults;
 pub mod process;
 pub mod receiver;
+pub mod redis_server;
 pub mod rpc_proxy;
 
 use std::path::{Path, PathBuf};

@@ -7,9 +7,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::redis::{self, RedisSpec, RedisView};
 use super::SubscriberView;
 use crate::compat::{cryptoassets, ipn};
-use crate::delivery::{script, sign, Format};
+use crate::delivery::{script, sign, Format, RedisTarget};
 use crate::domain::filter::TypeFilter;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -36,11 +37,13 @@ pub enum Start {
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
     /// http(s) URL; must resolve to public addresses unless WEBHOOK_ALLOW_NETS allows it.
-    /// One of `url` and `command` is required.
+    /// One of `url`, `command` and `redis` is required.
     pub url: Option<String>,
     /// Instead of `url`: a script handler, `["/absolute/path", "arg", …]`, run once per
     /// event (only when the service runs with SCRIPT_HANDLERS=true).
     pub command: Option<Vec<String>>,
+    /// Instead of `url`: a Redis stream each event is XADDed to (format standard only).
+    pub redis: Option<RedisSpec>,
     /// `standard` (default), `cryptoassets` (txupdate form) or `ipn` (Crypto IPN).
     pub format: Option<String>,
     /// Event types, exact or `deposit.*` wildcards, as a list or a comma string.
@@ -82,41 +85,10 @@ pub async fn create(
 /// found the key held by a live subscriber (nothing was created).
 pub async fn create_subscriber(
     s: &AppState,
-    body: NewSubscriber,
+    mut body: NewSubscriber,
 ) -> Result<Option<SubscriberView>, ApiError> {
-    let (url, command) = match (body.url.as_deref().map(str::trim), body.command) {
-        (None, None) => return Err(ApiError::invalid_field("url", "required (or command)")),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_field(
-                "command",
-                "give url or command, not both",
-            ))
-        }
-        (Some(url), None) => {
-            if url.len() > 2000 {
-                return Err(ApiError::invalid_field(
-                    "url",
-                    "longer than 2000 characters",
-                ));
-            }
-            s.webhook_guard
-                .check_url(url)
-                .await
-                .map_err(|e| ApiError::invalid_field("url", e))?;
-            (Some(url.to_string()), None)
-        }
-        (None, Some(command)) => {
-            if !s.script_handlers {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "script_handlers_disabled",
-                    "command: script handlers are disabled on this service (SCRIPT_HANDLERS=true enables them)",
-                ));
-            }
-            script::check_command(&command).map_err(|e| ApiError::invalid_field("command", e))?;
-            (None, Some(command))
-        }
-    };
+    let (url, command, redis) =
+        target(s, body.url.take(), body.command.take(), body.redis.take()).await?;
     let format_name = body.format.as_deref().unwrap_or("standard");
     if !Format::NAMES.contains(&format_name) {
         return Err(ApiError::invalid_field(
@@ -125,6 +97,12 @@ pub async fn create_subscriber(
         ));
     }
     let ipn = format_name == "ipn";
+    if redis.is_some() && format_name != "standard" {
+        return Err(ApiError::invalid_field(
+            "redis",
+            "only with format standard (cryptoassets and ipn are HTTP forms)",
+        ));
+    }
     if !ipn {
         for (field, given) in [
             ("address", body.address.is_some()),
@@ -274,8 +252,10 @@ pub async fn create_subscriber(
     let id = Uuid::new_v4();
     let created_at = sqlx::query_scalar!(
         r#"INSERT INTO subscribers (subscriber_id, url, command, format, types, types_spec,
-                                    account_id, address, max_confirms, secret, start_position)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING created_at"#,
+                                    account_id, address, max_confirms, secret, start_position,
+                                    redis_url, redis_stream, redis_maxlen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           RETURNING created_at"#,
         id,
         url,
         command.as_deref(),
@@ -286,7 +266,10 @@ pub async fn create_subscriber(
         address,
         max_confirms,
         secret,
-        start
+        start,
+        redis.as_ref().map(|r| r.url.as_str()),
+        redis.as_ref().map(|r| r.stream.as_str()),
+        redis.as_ref().and_then(|r| r.maxlen).map(|n| n as i64)
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -314,13 +297,16 @@ pub async fn create_subscriber(
     }
     tx.commit().await?;
     s.wake_delivery.notify_one();
-    tracing::info!(subscriber = %id, url = url.as_deref().map(crate::redact::redact), command = ?command, format = format_name,
-        address, cursor = start, "subscriber created");
+    tracing::info!(subscriber = %id, url = url.as_deref().map(crate::redact::redact), command = ?command,
+        redis = ?redis, format = format_name, address, cursor = start, "subscriber created");
     let state = &state[0].1;
     Ok(Some(SubscriberView {
         id,
         url,
         command,
+        redis: redis
+            .as_ref()
+            .map(|r| RedisView::of(&r.url, &r.stream, r.maxlen)),
         format: format_name.to_string(),
         types: entries,
         account_id: body.account_id,
@@ -334,4 +320,58 @@ pub async fn create_subscriber(
         created_at,
         secret: Some(secret),
     }))
+}
+
+/// The one target given, checked: a URL (through the SSRF guard), a command (when script
+/// handlers are enabled) or a Redis stream.
+async fn target(
+    s: &AppState,
+    url: Option<String>,
+    command: Option<Vec<String>>,
+    redis: Option<RedisSpec>,
+) -> Result<(Option<String>, Option<Vec<String>>, Option<RedisTarget>), ApiError> {
+    match (url, command, redis) {
+        (None, None, None) => Err(ApiError::invalid_field(
+            "url",
+            "required (or command, or redis)",
+        )),
+        (Some(_), Some(_), _) => Err(ApiError::invalid_field(
+            "command",
+            "give url or command, not both",
+        )),
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(ApiError::invalid_field(
+            "redis",
+            "give one of url, command and redis",
+        )),
+        (Some(url), None, None) => {
+            let url = url.trim();
+            if url.len() > 2000 {
+                return Err(ApiError::invalid_field(
+                    "url",
+                    "longer than 2000 characters",
+                ));
+            }
+            s.webhook_guard
+                .check_url(url)
+                .await
+                .map_err(|e| ApiError::invalid_field("url", e))?;
+            Ok((Some(url.to_string()), None, None))
+        }
+        (None, Some(command), None) => {
+            if !s.script_handlers {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "script_handlers_disabled",
+                    "command: script handlers are disabled on this service (SCRIPT_HANDLERS=true enables them)",
+                ));
+            }
+            script::check_command(&command).map_err(|e| ApiError::invalid_field("command", e))?;
+            Ok((None, Some(command), None))
+        }
+        (None, None, Some(spec)) => Ok((
+            None,
+            None,
+            Some(redis::check(&s.webhook_guard, spec).await?),
+        )),
+    }
 }

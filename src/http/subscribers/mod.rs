@@ -3,7 +3,8 @@
 //! (`projections::cursors::record`) in the same transaction as its effect.
 //!
 //! A subscriber has a format (`standard`, `cryptoassets`, `ipn`: [`crate::delivery::Format`])
-//! and a target: a URL, or a command when the operator enabled script handlers.
+//! and a target: a URL, a command when the operator enabled script handlers, or a Redis
+//! stream ([`redis`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,6 +24,7 @@ use sqlx::PgPool;
 
 mod create;
 mod redeliver;
+mod redis;
 mod rotate;
 pub(super) use create::__path_create;
 pub use create::{create, create_subscriber, NewSubscriber, Start};
@@ -36,6 +38,9 @@ pub struct SubscriberView {
     url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<Vec<String>>,
+    /// A Redis stream target; its URL's password is never shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<redis::RedisView>,
     format: String,
     types: Option<Vec<String>>,
     account_id: Option<Uuid>,
@@ -165,7 +170,8 @@ async fn one(pool: &PgPool, id: Uuid) -> Result<SubscriberView, ApiError> {
 
 async fn views(pool: &PgPool, id: Option<Uuid>) -> Result<Vec<SubscriberView>, ApiError> {
     let rows = sqlx::query!(
-        r#"SELECT s.subscriber_id, s.url, s.command, s.format, s.address, s.max_confirms,
+        r#"SELECT s.subscriber_id, s.url, s.command, s.redis_url, s.redis_stream, s.redis_maxlen,
+                  s.format, s.address, s.max_confirms,
                   s.types_spec, s.account_id, s.created_at,
                   c.cursor, c.status, c.next_attempt_at,
                   (SELECT position FROM log_head) AS "head!",
@@ -185,6 +191,9 @@ async fn views(pool: &PgPool, id: Option<Uuid>) -> Result<Vec<SubscriberView>, A
             id: r.subscriber_id,
             url: r.url,
             command: r.command,
+            redis: r.redis_url.zip(r.redis_stream).map(|(url, stream)| {
+                redis::RedisView::of(&url, &stream, r.redis_maxlen.map(|n| n.max(1) as u64))
+            }),
             format: r.format,
             address: r.address,
             max_confirms: r.max_confirms,

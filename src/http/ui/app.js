@@ -141,11 +141,14 @@ function addLogRow(e) {
 }
 
 // --- subscribers -----------------------------------------------------------------
+// Where a subscriber delivers: its URL, Redis stream (the URL's password comes redacted) or command.
+const target = (s) => s.url || (s.redis && `${s.redis.url} stream ${s.redis.stream}`) || (s.command || []).join(" ");
+
 async function loadSubscribers() {
   const { subscribers } = await api("GET", "/v1/subscribers");
   fill($("subscriber-rows"), subscribers.map((s) => {
     const tr = el("tr", { class: "pick" + (s.id === state.subscriber ? " chosen" : ""), "data-id": s.id, onclick: () => pickSubscriber(s) },
-      el("td", { class: "mono" }, s.url || (s.command || []).join(" ")), el("td", {}, s.format), el("td", {}, (s.types || ["every ledger type"]).join(", ")),
+      el("td", { class: "mono" }, target(s)), el("td", {}, s.format), el("td", {}, (s.types || ["every ledger type"]).join(", ")),
       el("td", {}, badge(s.status)), el("td", { class: "num" }, s.lag), el("td", {}, when(s.next_attempt_at)), el("td", {}, s.last_error || ""));
     return tr;
   }));
@@ -157,7 +160,7 @@ async function pickSubscriber(s) {
   state.subscriber = s.id;
   document.querySelectorAll("#subscriber-rows tr").forEach((tr) => tr.classList.toggle("chosen", tr.dataset.id === s.id));
   $("subscriber-detail").hidden = false;
-  $("subscriber-title").textContent = `${s.url || (s.command || []).join(" ")} — cursor ${s.cursor}, ${s.status}`;
+  $("subscriber-title").textContent = `${target(s)} — cursor ${s.cursor}, ${s.status}`;
   const [{ deliveries }, status] = await Promise.all([api("GET", `/v1/subscribers/${s.id}/deliveries?limit=20`), api("GET", "/v1/status")]);
   fill($("delivery-rows"), deliveries.map((d) => el("tr", {}, el("td", { class: "num" }, d.position),
     el("td", { class: "num" }, d.redelivery ? "redelivery" : d.attempt),
