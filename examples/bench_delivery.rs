@@ -706,7 +706,7 @@ async fn latency(args: &[String]) -> anyhow::Result<()> {
         }
     }
     for i in 0..deposits {
-        let pause = rand::thread_rng().gen_range(0..poll_ms.max(1).min(500));
+        let pause = rand::thread_rng().gen_range(0..poll_ms.clamp(1, 500));
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let txid: String = rpc.call("sendtoaddress", &[json!(watched), json!(0.01)])?;
         let accepted = Instant::now();

@@ -204,7 +204,7 @@ mod tests {
         let t1 = tx(&[spent], &[a.clone(), b.clone()]);
         let t2 = tx(
             &[OutPoint::new(Txid::from_byte_array([8; 32]), 0)],
-            &[b.clone()],
+            std::slice::from_ref(&b),
         );
         assert!(index.insert(&t1));
         assert!(!index.insert(&t1), "indexed once");

@@ -28,7 +28,7 @@ pub enum Fork {
 /// (a height missing from it is above the node's tip). Pure: no IO.
 pub fn fork_point(stored_tail: &[BlockRef], node_hashes: &BTreeMap<u32, BlockHash>) -> Fork {
     let mut tail: Vec<BlockRef> = stored_tail.to_vec();
-    tail.sort_by(|a, b| b.height.cmp(&a.height));
+    tail.sort_by_key(|b| std::cmp::Reverse(b.height));
     let mut disconnect = Vec::new();
     for b in tail {
         if node_hashes.get(&b.height) == Some(&b.hash) {
