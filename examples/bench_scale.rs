@@ -383,7 +383,14 @@ async fn fanout(binaries: &[String], args: &[String]) -> anyhow::Result<()> {
     for (run, binary) in binaries.iter().enumerate() {
         let url = shared::create_database(&format!("fanout_{run}")).await?;
         let pool = PgPool::connect(&url).await?;
-        chainledger::db::migrate(&pool).await?;
+        // The binary's own migrations: a build from before a new migration refuses a
+        // database that has it.
+        let migrated = std::process::Command::new(binary)
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .status()?;
+        anyhow::ensure!(migrated.success(), "{binary} migrate: {migrated}");
         let log = UnitOfWork::new(pool.clone(), Network::Regtest);
         let port = free_port()?;
         let start = rpc.height()?;
