@@ -174,6 +174,7 @@ async function pickSubscriber(s) {
     el("td", {}, e.data.reason || (e.data.failed_attempts ? `delivered after ${e.data.failed_attempts} failed attempts` : `cursor ${e.data.cursor}`)),
     el("td", {}, when(e.recorded_at)))));
   $("operational-none").hidden = mine.length > 0;
+  $("operational-table").hidden = mine.length === 0;
 }
 
 async function redeliver(id, position) {
