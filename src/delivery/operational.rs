@@ -69,11 +69,14 @@ pub fn of(before: &CursorState, after: &CursorState, entry: &Entry) -> Option<Ev
 
 /// The operational events of journaled entries and their folds
 /// ([`cursors::record`](crate::projections::cursors::record)'s answer), in order.
-pub fn of_all(entries: &[(Uuid, Entry)], folds: &[(CursorState, CursorState)]) -> Vec<Event> {
+pub fn of_all(
+    entries: &[(Uuid, Entry)],
+    folds: &[(CursorState, CursorState)],
+) -> Vec<(Uuid, Event)> {
     entries
         .iter()
         .zip(folds)
-        .filter_map(|((_, entry), (before, after))| of(before, after, entry))
+        .filter_map(|((id, entry), (before, after))| Some((*id, of(before, after, entry)?)))
         .collect()
 }
 
@@ -82,12 +85,12 @@ pub fn of_all(entries: &[(Uuid, Entry)], folds: &[(CursorState, CursorState)]) -
 pub async fn append(
     uow: &UnitOfWork,
     conn: &mut PgConnection,
-    events: Vec<Event>,
+    events: Vec<(Uuid, Event)>,
 ) -> Result<(), RecordError> {
     if events.is_empty() {
         return Ok(());
     }
-    for e in &events {
+    for (_, e) in &events {
         tracing::info!(event = %e.kind(), data = %e.to_data(), "operational event");
     }
     uow.record_in(conn, Operational(events)).await?;
@@ -95,16 +98,7 @@ pub async fn append(
 }
 
 /// Events about subscribers, each appended to its subscriber's stream.
-struct Operational(Vec<Event>);
-
-fn subscriber_of(event: &Event) -> Uuid {
-    match event {
-        Event::SubscriberDisabled(e) => e.subscriber_id,
-        Event::SubscriberEnabled(e) => e.subscriber_id,
-        Event::SubscriberRecovered(e) => e.subscriber_id,
-        _ => Uuid::nil(),
-    }
-}
+struct Operational(Vec<(Uuid, Event)>);
 
 impl Observation for Operational {
     /// Each stream's last version.
@@ -115,11 +109,7 @@ impl Observation for Operational {
         let streams: Vec<String> = self
             .0
             .iter()
-            .map(|e| {
-                StreamName::subscriber(subscriber_of(e))
-                    .as_str()
-                    .to_string()
-            })
+            .map(|(id, _)| StreamName::subscriber(*id).as_str().to_string())
             .collect();
         let rows = sqlx::query!(
             r#"SELECT stream AS "stream!", max(stream_version) AS "version!"
@@ -135,8 +125,8 @@ impl Observation for Operational {
         let events = self
             .0
             .into_iter()
-            .map(|event| {
-                let stream = StreamName::subscriber(subscriber_of(&event));
+            .map(|(id, event)| {
+                let stream = StreamName::subscriber(id);
                 let expected_version = versions.get(stream.as_str()).copied();
                 versions.insert(
                     stream.as_str().to_string(),
